@@ -1,0 +1,306 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin glue between Python and the C kernels in src_c/.
+
+Typed memoryviews in, one C call with the GIL released, results out. The BLAS gemm comes
+from scipy.linalg.cython_blas and is handed to C as a function pointer. Callers (the
+Python layer and the tests) pass C-contiguous arrays of one dtype; these functions only
+check shapes that would make C read out of bounds.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport malloc, free
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cnp.import_array()
+
+ctypedef fused real:
+    float
+    double
+
+cdef extern from "common.h":
+    int ACT_LINEAR, ACT_SIGMOID, ACT_RELU, ACT_LEAKY_RELU, ACT_TANH, ACT_SOFTMAX
+
+cdef extern from "activations.h" nogil:
+    void activation_forward_f32(float *a, const float *z, int rows, int cols, int act, float slope, int nthreads)
+    void activation_forward_f64(double *a, const double *z, int rows, int cols, int act, double slope, int nthreads)
+    void activation_backward_f32(float *dz, const float *da, const float *z, const float *a, int rows, int cols, int act, float slope, int nthreads)
+    void activation_backward_f64(double *dz, const double *da, const double *z, const double *a, int rows, int cols, int act, double slope, int nthreads)
+
+cdef extern from "dense.h" nogil:
+    ctypedef void (*sgemm_fn)(char *, char *, int *, int *, int *, float *, float *, int *, float *, int *, float *, float *, int *)
+    ctypedef void (*dgemm_fn)(char *, char *, int *, int *, int *, double *, double *, int *, double *, int *, double *, double *, int *)
+    void dense_forward_f32(float *z, float *a, const float *x, const float *w, const float *b, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
+    void dense_forward_f64(double *z, double *a, const double *x, const double *w, const double *b, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
+    void dense_backward_f32(float *dx, float *dw, float *db, float *dout, const float *z, const float *a, const float *x, const float *w, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
+    void dense_backward_f64(double *dx, double *dw, double *db, double *dout, const double *z, const double *a, const double *x, const double *w, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
+
+cdef extern from "losses.h" nogil:
+    int LOSS_BINARY_CROSSENTROPY, LOSS_MEAN_SQUARED_ERROR, LOSS_SPARSE_CATEGORICAL_CROSSENTROPY, LOSS_CATEGORICAL_CROSSENTROPY
+    int METRIC_BINARY_ACCURACY, METRIC_SPARSE_CATEGORICAL_ACCURACY, METRIC_CATEGORICAL_ACCURACY, METRIC_MEAN_ABSOLUTE_ERROR, METRIC_MEAN_SQUARED_ERROR
+    double loss_f32(int loss, float *grad, const float *pred, const float *y, int B, int K, int from_logits, int nthreads)
+    double loss_f64(int loss, double *grad, const double *pred, const double *y, int B, int K, int from_logits, int nthreads)
+    double metric_sum_f32(int metric, const float *pred, const float *y, int B, int K, int from_logits)
+    double metric_sum_f64(int metric, const double *pred, const double *y, int B, int K, int from_logits)
+
+cdef extern from "optimizers.h" nogil:
+    void sgd_update_f32(float *w, const float *g, float *velocity, ptrdiff_t n, float lr, float momentum, int nesterov, int nthreads)
+    void sgd_update_f64(double *w, const double *g, double *velocity, ptrdiff_t n, double lr, double momentum, int nesterov, int nthreads)
+    void adam_update_f32(float *w, const float *g, float *m, float *v, ptrdiff_t n, float lr_t, float beta1, float beta2, float eps, int nthreads)
+    void adam_update_f64(double *w, const double *g, double *m, double *v, ptrdiff_t n, double lr_t, double beta1, double beta2, double eps, int nthreads)
+    void rmsprop_update_f32(float *w, const float *g, float *v, float *mom, ptrdiff_t n, float lr, float rho, float momentum, float eps, int nthreads)
+    void rmsprop_update_f64(double *w, const double *g, double *v, double *mom, ptrdiff_t n, double lr, double rho, double momentum, double eps, int nthreads)
+    double adam_corrected_rate(double lr, double beta1, double beta2, long long t)
+
+cdef extern from "network.h" nogil:
+    int LAYER_DENSE, LAYER_ACTIVATION, LAYER_DROPOUT
+    int OPT_SGD, OPT_ADAM, OPT_RMSPROP
+    int NN_MAX_METRICS
+    ctypedef struct nn_layer:
+        int kind
+        int in_dim, out_dim
+        int act
+        double slope
+        double rate
+        void *w
+        void *b
+        void *dw
+        void *db
+    ctypedef struct nn_model:
+        int is_double
+        int n_layers
+        nn_layer *layers
+        int loss
+        int from_logits
+        int fused
+        int n_metrics
+        int metrics[8]
+        void *gemm
+    ctypedef struct nn_optimizer:
+        int kind
+        double learning_rate, beta1, beta2, epsilon, rho, momentum
+        int nesterov
+        long long iterations
+        void *params
+        void *grads
+        void *slot1
+        void *slot2
+        ptrdiff_t n_params
+    ctypedef struct nn_workspace:
+        int batch
+    nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
+    void network_workspace_free(nn_workspace *ws)
+    void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
+    void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
+    void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
+    void network_predict_f32(const nn_model *m, nn_workspace *ws, float *out, const float *x, ptrdiff_t n, int nthreads)
+    void network_predict_f64(const nn_model *m, nn_workspace *ws, double *out, const double *x, ptrdiff_t n, int nthreads)
+    void network_evaluate_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums, int nthreads)
+    void network_evaluate_f64(const nn_model *m, nn_workspace *ws, const double *x, const double *y, int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums, int nthreads)
+    double network_loss_grad_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, int rows, int nthreads)
+    double network_loss_grad_f64(const nn_model *m, nn_workspace *ws, const double *x, const double *y, int y_width, int rows, int nthreads)
+
+ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
+               "leaky_relu": ACT_LEAKY_RELU, "tanh": ACT_TANH, "softmax": ACT_SOFTMAX}
+LOSSES = {"binary_crossentropy": LOSS_BINARY_CROSSENTROPY,
+          "mean_squared_error": LOSS_MEAN_SQUARED_ERROR,
+          "sparse_categorical_crossentropy": LOSS_SPARSE_CATEGORICAL_CROSSENTROPY,
+          "categorical_crossentropy": LOSS_CATEGORICAL_CROSSENTROPY}
+METRICS = {"binary_accuracy": METRIC_BINARY_ACCURACY,
+           "sparse_categorical_accuracy": METRIC_SPARSE_CATEGORICAL_ACCURACY,
+           "categorical_accuracy": METRIC_CATEGORICAL_ACCURACY,
+           "mean_absolute_error": METRIC_MEAN_ABSOLUTE_ERROR,
+           "mean_squared_error": METRIC_MEAN_SQUARED_ERROR}
+LAYER_KINDS = {"dense": LAYER_DENSE, "activation": LAYER_ACTIVATION, "dropout": LAYER_DROPOUT}
+OPTIMIZERS = {"sgd": OPT_SGD, "adam": OPT_ADAM, "rmsprop": OPT_RMSPROP}
+MAX_METRICS = NN_MAX_METRICS
+
+
+cdef void *gemm_for(bint is_double) noexcept nogil:
+    return <void *>dgemm if is_double else <void *>sgemm
+
+
+def _dims(name, arr, shape):
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
+
+
+# ---- per-kernel bindings (used by the tests and by fastnn.gradcheck) -------------------
+
+def activation_forward(real[:, ::1] z, int act, double slope=0.01, int nthreads=1):
+    """a = f(z) for a (rows, cols) array."""
+    out = np.empty_like(np.asarray(z))
+    cdef real[:, ::1] a = out
+    cdef int rows = z.shape[0], cols = z.shape[1]
+    with nogil:
+        if real is float:
+            activation_forward_f32(&a[0, 0] if rows * cols else NULL, &z[0, 0] if rows * cols else NULL, rows, cols, act, <float>slope, nthreads)
+        else:
+            activation_forward_f64(&a[0, 0] if rows * cols else NULL, &z[0, 0] if rows * cols else NULL, rows, cols, act, slope, nthreads)
+    return out
+
+
+def activation_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, int act,
+                        double slope=0.01, int nthreads=1):
+    """dz = da * f'(z)."""
+    _dims("z", np.asarray(z), (da.shape[0], da.shape[1]))
+    _dims("a", np.asarray(a), (da.shape[0], da.shape[1]))
+    out = np.empty_like(np.asarray(da))
+    cdef real[:, ::1] dz = out
+    cdef int rows = da.shape[0], cols = da.shape[1]
+    if rows * cols == 0:
+        return out
+    with nogil:
+        if real is float:
+            activation_backward_f32(&dz[0, 0], &da[0, 0], &z[0, 0], &a[0, 0], rows, cols, act, <float>slope, nthreads)
+        else:
+            activation_backward_f64(&dz[0, 0], &da[0, 0], &z[0, 0], &a[0, 0], rows, cols, act, slope, nthreads)
+    return out
+
+
+def dense_forward(real[:, ::1] x, real[:, ::1] w, b, int act, double slope=0.01,
+                  int nthreads=1):
+    """(z, a) with z = x w + b, a = f(z); b may be None."""
+    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[1]
+    _dims("w", np.asarray(w), (C, OC))
+    dtype = np.asarray(x).dtype
+    z_arr = np.zeros((B, OC), dtype=dtype)
+    a_arr = np.zeros((B, OC), dtype=dtype)
+    cdef real[::1] bias
+    cdef real *bp = NULL
+    if b is not None:
+        bias = np.ascontiguousarray(b, dtype=dtype)
+        _dims("b", np.asarray(bias), (OC,))
+        if OC:
+            bp = &bias[0]
+    if B * OC == 0:
+        return z_arr, a_arr
+    cdef real[:, ::1] z = z_arr, a = a_arr
+    cdef real *xp = &x[0, 0] if B * C else NULL
+    cdef real *wp = &w[0, 0] if C * OC else NULL
+    with nogil:
+        if real is float:
+            dense_forward_f32(&z[0, 0], &a[0, 0], xp, wp, bp, B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+        else:
+            dense_forward_f64(&z[0, 0], &a[0, 0], xp, wp, bp, B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+    return z_arr, a_arr
+
+
+def dense_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, real[:, ::1] x,
+                   real[:, ::1] w, int act, double slope=0.01, bint need_dx=True,
+                   bint has_bias=True, int nthreads=1):
+    """(dx, dw, db) for dL/da; dx is None unless need_dx, db None unless has_bias."""
+    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[1]
+    _dims("w", np.asarray(w), (C, OC))
+    for name, arr in (("da", da), ("z", z), ("a", a)):
+        _dims(name, np.asarray(arr), (B, OC))
+    dtype = np.asarray(x).dtype
+    dout_arr = np.array(da, dtype=dtype, copy=True)
+    dw_arr = np.zeros((C, OC), dtype=dtype)
+    db_arr = np.zeros(OC, dtype=dtype) if has_bias else None
+    dx_arr = np.zeros((B, C), dtype=dtype) if need_dx else None
+    if B * OC * C == 0:
+        return dx_arr, dw_arr, db_arr
+    cdef real[:, ::1] dout = dout_arr, dw = dw_arr, dx
+    cdef real[::1] db
+    cdef real *dxp = NULL
+    cdef real *dbp = NULL
+    if need_dx:
+        dx = dx_arr
+        dxp = &dx[0, 0]
+    if has_bias:
+        db = db_arr
+        dbp = &db[0]
+    with nogil:
+        if real is float:
+            dense_backward_f32(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+        else:
+            dense_backward_f64(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+    return dx_arr, dw_arr, db_arr
+
+
+def loss(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False,
+         int nthreads=1):
+    """(mean loss, d loss / d pred). y is (B, K), or (B, 1) class ids for the sparse loss."""
+    cdef int B = pred.shape[0], K = pred.shape[1]
+    ywidth = 1 if code == LOSS_SPARSE_CATEGORICAL_CROSSENTROPY else K
+    _dims("y", np.asarray(y), (B, ywidth))
+    grad_arr = np.zeros((B, K), dtype=np.asarray(pred).dtype)
+    if B * K == 0:
+        return 0.0, grad_arr
+    cdef real[:, ::1] grad = grad_arr
+    cdef double value
+    with nogil:
+        if real is float:
+            value = loss_f32(code, &grad[0, 0], &pred[0, 0], &y[0, 0], B, K, from_logits, nthreads)
+        else:
+            value = loss_f64(code, &grad[0, 0], &pred[0, 0], &y[0, 0], B, K, from_logits, nthreads)
+    return value, grad_arr
+
+
+def metric_sum(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False):
+    """Sum over rows of the per-sample metric."""
+    cdef int B = pred.shape[0], K = pred.shape[1]
+    ywidth = 1 if code == METRIC_SPARSE_CATEGORICAL_ACCURACY else K
+    _dims("y", np.asarray(y), (B, ywidth))
+    if B * K == 0:
+        return 0.0
+    if real is float:
+        return metric_sum_f32(code, &pred[0, 0], &y[0, 0], B, K, from_logits)
+    else:
+        return metric_sum_f64(code, &pred[0, 0], &y[0, 0], B, K, from_logits)
+
+
+def sgd_update(real[::1] w, real[::1] g, real[::1] velocity, double lr, double momentum,
+               bint nesterov, int nthreads=1):
+    """In place on w and velocity."""
+    cdef ptrdiff_t n = w.shape[0]
+    if g.shape[0] != n or velocity.shape[0] != n:
+        raise ValueError("sgd_update: w, g and velocity must have the same length")
+    if n == 0:
+        return
+    with nogil:
+        if real is float:
+            sgd_update_f32(&w[0], &g[0], &velocity[0], n, <float>lr, <float>momentum, nesterov, nthreads)
+        else:
+            sgd_update_f64(&w[0], &g[0], &velocity[0], n, lr, momentum, nesterov, nthreads)
+
+
+def adam_update(real[::1] w, real[::1] g, real[::1] m, real[::1] v, long long t, double lr,
+                double beta1, double beta2, double eps, int nthreads=1):
+    """In place on w, m, v; t is the 1-based step number."""
+    cdef ptrdiff_t n = w.shape[0]
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError("adam_update: w, g, m and v must have the same length")
+    if n == 0:
+        return
+    cdef double lr_t = adam_corrected_rate(lr, beta1, beta2, t)
+    with nogil:
+        if real is float:
+            adam_update_f32(&w[0], &g[0], &m[0], &v[0], n, <float>lr_t, <float>beta1, <float>beta2, <float>eps, nthreads)
+        else:
+            adam_update_f64(&w[0], &g[0], &m[0], &v[0], n, lr_t, beta1, beta2, eps, nthreads)
+
+
+def rmsprop_update(real[::1] w, real[::1] g, real[::1] v, real[::1] mom, double lr,
+                   double rho, double momentum, double eps, int nthreads=1):
+    """In place on w, v, mom."""
+    cdef ptrdiff_t n = w.shape[0]
+    if g.shape[0] != n or v.shape[0] != n or mom.shape[0] != n:
+        raise ValueError("rmsprop_update: w, g, v and mom must have the same length")
+    if n == 0:
+        return
+    with nogil:
+        if real is float:
+            rmsprop_update_f32(&w[0], &g[0], &v[0], &mom[0], n, <float>lr, <float>rho, <float>momentum, <float>eps, nthreads)
+        else:
+            rmsprop_update_f64(&w[0], &g[0], &v[0], &mom[0], n, lr, rho, momentum, eps, nthreads)
+
+
+def shuffle(int64_t[::1] order, uint64_t seed):
+    """order = a permutation of range(len(order)) drawn from seed."""
+    with nogil:
+        network_shuffle(&order[0] if order.shape[0] else NULL, order.shape[0], seed)
+
+
+include "_network.pxi"

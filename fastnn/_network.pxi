@@ -1,0 +1,198 @@
+# The C view of a built Sequential model (src_c/network.h), included by _kernels.pyx.
+
+cdef void *_data(arr, dtype, shape, name) except NULL:
+    """The data pointer of a C-contiguous array of this dtype and shape."""
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or not arr.flags.c_contiguous:
+        raise TypeError(f"{name}: expected a C-contiguous {dtype} ndarray")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef class Network:
+    """A Sequential model's layers, loss and optimizer as C structs, plus the training
+    workspace for the last batch size used. Parameter and gradient pointers are views into
+    the flat arrays given here, which this object keeps alive."""
+    cdef nn_model model
+    cdef nn_optimizer opt
+    cdef nn_workspace *ws
+    cdef int ws_y_width
+    cdef object params, grads, slots, dtype
+    cdef readonly int in_dim, out_dim
+
+    def __cinit__(self, specs, params, grads):
+        self.model.layers = NULL
+        self.ws = NULL
+
+    def __init__(self, specs, cnp.ndarray params, cnp.ndarray grads):
+        """specs: per layer a dict with kind, in_dim, out_dim, act, slope, rate and the
+        offsets (in elements) of w and b in params (None when absent)."""
+        if params.dtype not in (np.float32, np.float64) or grads.dtype != params.dtype:
+            raise TypeError("params and grads must be float32 or float64 of one dtype")
+        if not params.flags.c_contiguous or not grads.flags.c_contiguous or params.shape[0] != grads.shape[0]:
+            raise ValueError("params and grads must be contiguous and of equal length")
+        if not specs:
+            raise ValueError("a network needs at least one layer")
+        self.params, self.grads, self.dtype = params, grads, params.dtype
+        self.model.is_double = params.dtype == np.float64
+        self.model.gemm = gemm_for(self.model.is_double)
+        self.model.n_layers = len(specs)
+        self.model.layers = <nn_layer *>malloc(sizeof(nn_layer) * len(specs))
+        if self.model.layers == NULL:
+            raise MemoryError()
+        cdef char *pbase = <char *>cnp.PyArray_DATA(params)
+        cdef char *gbase = <char *>cnp.PyArray_DATA(grads)
+        cdef size_t item = params.itemsize
+        cdef nn_layer *L
+        cdef ptrdiff_t offset
+        for i, s in enumerate(specs):
+            L = &self.model.layers[i]
+            L.kind = LAYER_KINDS[s["kind"]]
+            L.in_dim, L.out_dim = s["in_dim"], s["out_dim"]
+            L.act, L.slope, L.rate = s["act"], s["slope"], s["rate"]
+            L.w = L.dw = L.b = L.db = NULL
+            if s.get("w") is not None:
+                offset = s["w"]
+                L.w, L.dw = pbase + item * offset, gbase + item * offset
+            if s.get("b") is not None:
+                offset = s["b"]
+                L.b, L.db = pbase + item * offset, gbase + item * offset
+        self.in_dim = specs[0]["in_dim"]
+        self.out_dim = specs[len(specs) - 1]["out_dim"]
+        self.model.loss = -1
+        self.model.n_metrics = 0
+        self.opt.kind = -1
+
+    def __dealloc__(self):
+        network_workspace_free(self.ws)
+        free(self.model.layers)
+
+    def set_loss(self, int loss, bint from_logits, bint fused, metrics=()):
+        if len(metrics) > NN_MAX_METRICS:
+            raise ValueError(f"at most {NN_MAX_METRICS} metrics are supported")
+        self.model.loss, self.model.from_logits, self.model.fused = loss, from_logits, fused
+        self.model.n_metrics = len(metrics)
+        for k, code in enumerate(metrics):
+            self.model.metrics[k] = code
+
+    def set_optimizer(self, int kind, double learning_rate, double beta1, double beta2,
+                      double epsilon, double rho, double momentum, bint nesterov,
+                      long long iterations, cnp.ndarray slot1, cnp.ndarray slot2):
+        n = self.params.shape[0]
+        self.opt.kind = kind
+        self.opt.learning_rate, self.opt.beta1, self.opt.beta2 = learning_rate, beta1, beta2
+        self.opt.epsilon, self.opt.rho, self.opt.momentum = epsilon, rho, momentum
+        self.opt.nesterov, self.opt.iterations = nesterov, iterations
+        self.opt.n_params = n
+        self.opt.params = cnp.PyArray_DATA(self.params)
+        self.opt.grads = cnp.PyArray_DATA(self.grads)
+        self.opt.slot1 = _data(slot1, self.dtype, (n,), "slot1")
+        self.opt.slot2 = _data(slot2, self.dtype, (n,), "slot2")
+        self.slots = (slot1, slot2)
+
+    @property
+    def iterations(self):
+        return self.opt.iterations
+
+    cdef nn_workspace *_train_workspace(self, int batch, int y_width) except NULL:
+        if self.ws == NULL or self.ws.batch != batch or self.ws_y_width != y_width:
+            network_workspace_free(self.ws)
+            self.ws = network_workspace_new(&self.model, batch, y_width)
+            self.ws_y_width = y_width
+            if self.ws == NULL:
+                raise MemoryError(f"cannot allocate buffers for batch size {batch}")
+        return self.ws
+
+    def train(self, x, y, cnp.ndarray order, ptrdiff_t step_begin, ptrdiff_t step_end,
+              int batch, uint64_t seed, int nthreads):
+        """Steps [step_begin, step_end) of an epoch; returns (loss_sum, metric_sums)."""
+        if self.model.loss < 0 or self.opt.kind < 0:
+            raise RuntimeError("set_loss and set_optimizer must come before train")
+        cdef ptrdiff_t n = x.shape[0]
+        cdef int y_width = y.shape[1]
+        cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
+        cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
+        cdef int64_t *op = <int64_t *>_data(order, np.int64, (n,), "order")
+        if step_begin < 0 or step_end * <ptrdiff_t>batch > n + batch - 1 or batch < 1:
+            raise ValueError("steps out of range")
+        cdef nn_workspace *ws = self._train_workspace(batch, y_width)
+        cdef double loss_sum = 0
+        cdef double sums[8]
+        for k in range(8):
+            sums[k] = 0
+        with nogil:
+            if self.model.is_double:
+                network_train_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+            else:
+                network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+        return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
+
+    def predict(self, x, cnp.ndarray out, int batch, int nthreads):
+        """out[:] = the network's output for x (inference mode). Safe from many threads:
+        each call has its own workspace."""
+        cdef ptrdiff_t n = x.shape[0]
+        cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
+        cdef void *outp = _data(out, self.dtype, (n, self.out_dim), "out")
+        cdef nn_workspace *ws
+        batch = max(1, min(batch, n))
+        with nogil:
+            ws = network_workspace_new(&self.model, batch, 1)
+            if ws != NULL:
+                if self.model.is_double:
+                    network_predict_f64(&self.model, ws, <double *>outp, <double *>xp, n, nthreads)
+                else:
+                    network_predict_f32(&self.model, ws, <float *>outp, <float *>xp, n, nthreads)
+                network_workspace_free(ws)
+        if ws == NULL:
+            raise MemoryError(f"cannot allocate buffers for batch size {batch}")
+        return out
+
+    def evaluate(self, x, y, int batch, int nthreads):
+        """(loss_sum, metric_sums) over all rows, inference mode."""
+        if self.model.loss < 0:
+            raise RuntimeError("set_loss must come before evaluate")
+        cdef ptrdiff_t n = x.shape[0]
+        cdef int y_width = y.shape[1]
+        cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
+        cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
+        cdef nn_workspace *ws
+        cdef double loss_sum = 0
+        cdef double sums[8]
+        for k in range(8):
+            sums[k] = 0
+        batch = max(1, min(batch, n))
+        with nogil:
+            ws = network_workspace_new(&self.model, batch, y_width)
+            if ws != NULL:
+                if self.model.is_double:
+                    network_evaluate_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, n, &loss_sum, sums, nthreads)
+                else:
+                    network_evaluate_f32(&self.model, ws, <float *>xp, <float *>yp, y_width, n, &loss_sum, sums, nthreads)
+                network_workspace_free(ws)
+        if ws == NULL:
+            raise MemoryError(f"cannot allocate buffers for batch size {batch}")
+        return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
+
+    def loss_grad(self, x, y, int nthreads=1):
+        """Mean loss over all rows of x (no dropout); its gradient goes to the grads array."""
+        if self.model.loss < 0:
+            raise RuntimeError("set_loss must come before loss_grad")
+        cdef ptrdiff_t n = x.shape[0]
+        cdef int y_width = y.shape[1]
+        cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
+        cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
+        cdef nn_workspace *ws
+        cdef double value = 0
+        with nogil:
+            ws = network_workspace_new(&self.model, <int>n, y_width)
+            if ws != NULL:
+                if self.model.is_double:
+                    value = network_loss_grad_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, <int>n, nthreads)
+                else:
+                    value = network_loss_grad_f32(&self.model, ws, <float *>xp, <float *>yp, y_width, <int>n, nthreads)
+                network_workspace_free(ws)
+        if ws == NULL:
+            raise MemoryError(f"cannot allocate buffers for {n} rows")
+        return value

@@ -1,0 +1,374 @@
+"""Plain-NumPy reference implementation of every fastnn kernel.
+
+This module is the readable ground truth that the tests use to check the
+compiled C kernels.  Everything is computed in float64 with straightforward
+NumPy code: clarity matters here, speed does not.  The formulas follow
+Keras 3 (activations, losses with their clipping conventions, metrics and
+the SGD / Adam / RMSprop update rules).
+
+Conventions
+-----------
+* Batches are the first axis; dense inputs are ``(B, C)``, weights ``(C, OC)``.
+* Losses return ``(loss, grad)``: ``loss`` is the batch mean (mean over the
+  last axis, then over the batch, as in Keras' default reduction) and
+  ``grad = d(loss)/d(pred)`` with the same shape as ``pred``.
+* Optimizer updates return new arrays and never modify their inputs.
+"""
+
+import numpy as np
+
+EPSILON = 1e-7  # Keras' backend epsilon, used to clip probabilities.
+
+ACTIVATIONS = ("linear", "sigmoid", "relu", "leaky_relu", "tanh", "softmax")
+
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def _check_activation(name):
+    if name is None:
+        return "linear"
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {ACTIVATIONS}")
+    return name
+
+
+def _target_like(y, pred):
+    """y as float64 with pred's shape (a (B,) target is accepted for (B, 1))."""
+    y = _f64(y)
+    if y.shape != pred.shape and y.size == pred.size:
+        y = y.reshape(pred.shape)
+    if y.shape != pred.shape:
+        raise ValueError(f"target shape {y.shape} does not match prediction {pred.shape}")
+    return y
+
+
+def _labels(labels, pred):
+    """Integer class ids, shape (B,), from (B,) or (B, 1), ints or whole floats."""
+    lab = np.asarray(labels).reshape(-1)
+    if lab.dtype.kind == "f":
+        if not np.all(lab == np.rint(lab)):
+            raise ValueError("sparse labels must hold whole numbers")
+        lab = np.rint(lab)
+    lab = lab.astype(np.int64)
+    if lab.shape[0] != pred.shape[0]:
+        raise ValueError(f"{lab.shape[0]} labels for a batch of {pred.shape[0]}")
+    if np.any(lab < 0) or np.any(lab >= pred.shape[-1]):
+        raise ValueError(f"labels must lie in [0, {pred.shape[-1]})")
+    return lab
+
+
+# ---------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------
+
+def sigmoid(z):
+    """sigmoid(z) = 1 / (1 + exp(-z)), evaluated with exp(-|z|) so it never overflows."""
+    z = _f64(z)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def softmax(z):
+    """softmax over the last axis: exp(z - max) / sum(exp(z - max))."""
+    z = _f64(z)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def logsumexp(z):
+    """log(sum(exp(z))) over the last axis, max-subtracted: m + log(sum(exp(z - m)))."""
+    z = _f64(z)
+    m = z.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def activation_forward(z, name, slope=0.01):
+    """a = act(z).
+
+    linear: z; sigmoid: 1/(1+exp(-z)); relu: max(z, 0);
+    leaky_relu: z if z > 0 else slope*z; tanh: tanh(z);
+    softmax: exp(z - max) / sum(exp(z - max)) over the last axis.
+    """
+    z = _f64(z)
+    name = _check_activation(name)
+    if name == "linear":
+        return z.copy()
+    if name == "sigmoid":
+        return sigmoid(z)
+    if name == "relu":
+        return np.where(z > 0, z, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, slope * z)
+    if name == "tanh":
+        return np.tanh(z)
+    return softmax(z)
+
+
+def activation_backward(da, z, a, name, slope=0.01):
+    """dz = dL/dz given da = dL/da, z and a = act(z) (a may be None: recomputed).
+
+    linear: da; sigmoid: da*a*(1-a); tanh: da*(1-a^2);
+    relu: da*[z > 0] (derivative 0 at z == 0);
+    leaky_relu: da*(1 if z > 0 else slope);
+    softmax (full Jacobian per row): a * (da - sum(da*a, axis=-1, keepdims=True)).
+    """
+    da, z = _f64(da), _f64(z)
+    name = _check_activation(name)
+    a = activation_forward(z, name, slope) if a is None else _f64(a)
+    if name == "linear":
+        return da.copy()
+    if name == "sigmoid":
+        return da * a * (1.0 - a)
+    if name == "relu":
+        return np.where(z > 0, da, 0.0)
+    if name == "leaky_relu":
+        return np.where(z > 0, da, slope * da)
+    if name == "tanh":
+        return da * (1.0 - a * a)
+    return a * (da - np.sum(da * a, axis=-1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------
+# Dense layer
+# ---------------------------------------------------------------------------
+
+def dense_forward(x, w, b, activation="linear", slope=0.01):
+    """z = x @ w + b (b may be None), a = act(z). Returns (z, a).
+
+    x: (B, C), w: (C, OC), b: (OC,) or None.
+    """
+    x, w = _f64(x), _f64(w)
+    z = x @ w
+    if b is not None:
+        z = z + _f64(b)
+    return z, activation_forward(z, activation, slope)
+
+
+def dense_backward(da, x, w, z, a, activation="linear", slope=0.01):
+    """Gradients of a dense layer. Returns (dx, dw, db).
+
+    dz = activation_backward(da, z, a); dw = x.T @ dz; db = dz.sum(0); dx = dz @ w.T.
+    """
+    x, w = _f64(x), _f64(w)
+    dz = activation_backward(da, z, a, activation, slope)
+    return dz @ w.T, x.T @ dz, dz.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Losses: each returns (batch-mean loss, d loss / d pred)
+# ---------------------------------------------------------------------------
+
+def binary_crossentropy(pred, y, from_logits=False):
+    """Binary cross-entropy, mean over all elements (last axis, then batch).
+
+    From logits z: l = max(z, 0) - z*y + log1p(exp(-|z|));
+        grad = (sigmoid(z) - y) / N, N = B*K.
+    From probabilities (Keras): p = clip(pred, eps, 1-eps), eps = 1e-7;
+        l = -y log p - (1-y) log(1-p);
+        grad = (p - y) / (p (1-p)) / N where eps < pred < 1-eps, else 0.
+    """
+    pred = _f64(pred)
+    y = _target_like(y, pred)
+    n = pred.size
+    if from_logits:
+        z = pred
+        per = np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        return float(per.mean()), (sigmoid(z) - y) / n
+    p = np.clip(pred, EPSILON, 1.0 - EPSILON)
+    per = -y * np.log(p) - (1.0 - y) * np.log(1.0 - p)
+    inside = (pred > EPSILON) & (pred < 1.0 - EPSILON)
+    grad = np.where(inside, (p - y) / (p * (1.0 - p)), 0.0) / n
+    return float(per.mean()), grad
+
+
+def mean_squared_error(pred, y):
+    """MSE: mean((pred - y)^2); grad = 2 (pred - y) / N, N = B*K."""
+    pred = _f64(pred)
+    diff = pred - _target_like(y, pred)
+    return float(np.mean(diff * diff)), 2.0 * diff / pred.size
+
+
+def sparse_categorical_crossentropy(pred, labels, from_logits=False):
+    """Cross-entropy with integer class ids (B,) or (B, 1); mean over the batch.
+
+    From logits z: l_i = logsumexp(z_i) - z_i[y_i];
+        grad = (softmax(z) - onehot(y)) / B.
+    From probabilities (Keras): s = sum(pred, -1); q = pred / s;
+        l_i = -log clip(q_i[y_i], eps, 1-eps);
+        grad_ij = (1/s_i - [j == y_i] / pred_i[y_i]) / B when q_i[y_i] is not
+        clipped (eps < q < 1-eps), else the whole row is 0.
+    """
+    pred = _f64(pred)
+    lab = _labels(labels, pred)
+    bsz = pred.shape[0]
+    rows = np.arange(bsz)
+    onehot = np.zeros_like(pred)
+    onehot[rows, lab] = 1.0
+    if from_logits:
+        per = logsumexp(pred) - pred[rows, lab]
+        return float(per.mean()), (softmax(pred) - onehot) / bsz
+    s = pred.sum(axis=-1, keepdims=True)
+    q_y = pred[rows, lab] / s[:, 0]
+    per = -np.log(np.clip(q_y, EPSILON, 1.0 - EPSILON))
+    inside = ((q_y > EPSILON) & (q_y < 1.0 - EPSILON))[:, None]
+    p_y = np.where(inside[:, 0], pred[rows, lab], 1.0)[:, None]
+    grad = np.where(inside, 1.0 / s - onehot / p_y, 0.0) / bsz
+    return float(per.mean()), grad
+
+
+def categorical_crossentropy(pred, y, from_logits=False):
+    """Cross-entropy with one-hot or soft targets y (B, K); mean over the batch.
+
+    From logits z: l_i = sum_j y_ij (logsumexp(z_i) - z_ij);
+        grad_ij = (softmax(z)_ij * sum_k y_ik - y_ij) / B.
+    From probabilities (Keras): s_i = sum_j pred_ij; q = pred / s;
+        u_ij = [eps < q_ij < 1-eps] (entry not clipped);
+        l_i = -sum_j y_ij log clip(q_ij, eps, 1-eps);
+        grad_ij = (-y_ij u_ij / pred_ij + sum_k y_ik u_ik / s_i) / B.
+    The probability gradient is the chain rule through q_k = pred_k / s with
+    dq_k/dpred_j = [j == k]/s - pred_k/s^2 and dl/dq_k = -y_k u_k / q_k.
+    """
+    pred = _f64(pred)
+    y = _target_like(y, pred)
+    bsz = pred.shape[0]
+    if from_logits:
+        lse = logsumexp(pred)[..., None]
+        per = np.sum(y * (lse - pred), axis=-1)
+        ysum = y.sum(axis=-1, keepdims=True)
+        return float(per.mean()), (softmax(pred) * ysum - y) / bsz
+    s = pred.sum(axis=-1, keepdims=True)
+    q = pred / s
+    per = -np.sum(y * np.log(np.clip(q, EPSILON, 1.0 - EPSILON)), axis=-1)
+    inside = (q > EPSILON) & (q < 1.0 - EPSILON)
+    y_in = np.where(inside, y, 0.0)
+    safe_pred = np.where(inside, pred, 1.0)
+    grad = (-y_in / safe_pred + y_in.sum(axis=-1, keepdims=True) / s) / bsz
+    return float(per.mean()), grad
+
+
+# ---------------------------------------------------------------------------
+# Metrics: each returns the batch-mean value as a float
+# ---------------------------------------------------------------------------
+
+def binary_accuracy(pred, y, from_logits=False, threshold=0.5):
+    """mean(y == [pred > threshold]) over the last axis, then the batch.
+
+    For logits the threshold is moved to logit space, log(t / (1-t)),
+    which is 0 for the default t = 0.5 (i.e. predict 1 when z > 0).
+    """
+    pred = _f64(pred)
+    y = _target_like(y, pred)
+    if from_logits:
+        threshold = np.log(threshold / (1.0 - threshold))
+    hit = (pred > threshold).astype(np.float64) == y
+    return float(np.mean(hit))
+
+
+def sparse_categorical_accuracy(pred, labels):
+    """mean(argmax(pred, -1) == label)."""
+    pred = _f64(pred)
+    return float(np.mean(np.argmax(pred, axis=-1) == _labels(labels, pred)))
+
+
+def categorical_accuracy(pred, y):
+    """mean(argmax(pred, -1) == argmax(y, -1))."""
+    pred = _f64(pred)
+    y = _target_like(y, pred)
+    return float(np.mean(np.argmax(pred, axis=-1) == np.argmax(y, axis=-1)))
+
+
+def mean_absolute_error(pred, y):
+    """mean(|pred - y|) over the last axis, then the batch."""
+    pred = _f64(pred)
+    return float(np.mean(np.abs(pred - _target_like(y, pred))))
+
+
+def mean_squared_error_metric(pred, y):
+    """mean((pred - y)^2) over the last axis, then the batch."""
+    return mean_squared_error(pred, y)[0]
+
+
+# ---------------------------------------------------------------------------
+# Optimizers (Keras 3 update rules); inputs are never modified
+# ---------------------------------------------------------------------------
+
+def sgd_update(w, g, velocity, lr=0.01, momentum=0.0, nesterov=False):
+    """One SGD step. Returns (w, velocity).
+
+    momentum == 0: w - lr*g (velocity returned unchanged).
+    otherwise:     velocity = momentum*velocity - lr*g;
+                   w + momentum*velocity - lr*g if nesterov else w + velocity.
+    """
+    w, g = _f64(w), _f64(g)
+    velocity = _f64(velocity).copy()
+    if momentum == 0:
+        return w - lr * g, velocity
+    velocity = momentum * velocity - lr * g
+    if nesterov:
+        return w + momentum * velocity - lr * g, velocity
+    return w + velocity, velocity
+
+
+def adam_update(w, g, m, v, t, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-7):
+    """One Adam step at 1-based step number t. Returns (w, m, v).
+
+    m = m + (g - m)(1 - beta1); v = v + (g^2 - v)(1 - beta2);
+    lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t);
+    w = w - lr_t m / (sqrt(v) + eps).
+    """
+    w, g, m, v = _f64(w), _f64(g), _f64(m), _f64(v)
+    m = m + (g - m) * (1.0 - beta1)
+    v = v + (g * g - v) * (1.0 - beta2)
+    lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    return w - lr_t * m / (np.sqrt(v) + eps), m, v
+
+
+def rmsprop_update(w, g, v, mom, lr=0.001, rho=0.9, momentum=0.0, eps=1e-7):
+    """One (uncentered) RMSprop step. Returns (w, v, mom).
+
+    v = rho v + (1 - rho) g^2; inc = lr g / sqrt(v + eps);
+    momentum > 0: mom = momentum*mom + inc; w = w - mom.
+    otherwise:    w = w - inc (mom returned unchanged).
+    """
+    w, g, v = _f64(w), _f64(g), _f64(v)
+    mom = _f64(mom).copy()
+    v = rho * v + (1.0 - rho) * g * g
+    inc = lr * g / np.sqrt(v + eps)
+    if momentum > 0:
+        mom = momentum * mom + inc
+        return w - mom, v, mom
+    return w - inc, v, mom
+
+
+# ---------------------------------------------------------------------------
+# Dropout and test helpers
+# ---------------------------------------------------------------------------
+
+def dropout_forward(x, mask):
+    """y = x * mask, where mask holds 0 or 1/(1 - rate)."""
+    return _f64(x) * _f64(mask)
+
+
+def dropout_backward(dy, mask):
+    """dx = dy * mask (same mask as the forward pass)."""
+    return _f64(dy) * _f64(mask)
+
+
+def numeric_gradient(f, x, eps=1e-6):
+    """Central differences of a scalar function f at x:
+    grad_i = (f(x + eps e_i) - f(x - eps e_i)) / (2 eps). Returns x's shape.
+    """
+    x = _f64(x).copy()
+    grad = np.zeros_like(x)
+    flat_x, flat_g = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat_x.size):
+        orig = flat_x[i]
+        flat_x[i] = orig + eps
+        up = float(f(x))
+        flat_x[i] = orig - eps
+        down = float(f(x))
+        flat_x[i] = orig
+        flat_g[i] = (up - down) / (2.0 * eps)
+    return grad

@@ -1,0 +1,135 @@
+/* activations.c: see activations.h. Written once for `real`, compiled for float and
+ * double by including itself (real_begin.h explains the pattern). */
+#ifndef FASTNN_TEMPLATE
+#define FASTNN_TEMPLATE
+#include <math.h>
+#include "activations.h"
+#define FASTNN_DOUBLE 0
+#include "real_begin.h"
+#include "activations.c"
+#include "real_end.h"
+#define FASTNN_DOUBLE 1
+#include "real_begin.h"
+#include "activations.c"
+#include "real_end.h"
+#undef FASTNN_TEMPLATE
+#else
+
+/* Never forms exp of a large positive number, so it is exact and finite for any z. */
+real FN(sigmoid)(real z)
+{
+    if (z >= 0) {
+        return (real)1 / ((real)1 + EXP(-z));
+    }
+    real e = EXP(z);
+    return e / ((real)1 + e);
+}
+
+static void FN(softmax_row)(real *a, const real *z, int cols)
+{
+    real zmax = z[0];
+    for (int j = 1; j < cols; j++) {
+        if (z[j] > zmax) zmax = z[j];
+    }
+    real sum = 0;
+    for (int j = 0; j < cols; j++) {
+        a[j] = EXP(z[j] - zmax);
+        sum += a[j];
+    }
+    real inv = (real)1 / sum;
+    for (int j = 0; j < cols; j++) a[j] *= inv;
+}
+
+void FN(activation_forward_rows)(real *a, const real *z, ptrdiff_t r0, ptrdiff_t r1, int cols,
+                                 int act, real slope)
+{
+    ptrdiff_t begin = (ptrdiff_t)r0 * cols, end = (ptrdiff_t)r1 * cols;
+    switch (act) {
+    case ACT_SIGMOID:
+        for (ptrdiff_t i = begin; i < end; i++) a[i] = FN(sigmoid)(z[i]);
+        break;
+    case ACT_RELU:
+        for (ptrdiff_t i = begin; i < end; i++) a[i] = z[i] > 0 ? z[i] : (real)0;
+        break;
+    case ACT_LEAKY_RELU:
+        for (ptrdiff_t i = begin; i < end; i++) a[i] = z[i] > 0 ? z[i] : slope * z[i];
+        break;
+    case ACT_TANH:
+        for (ptrdiff_t i = begin; i < end; i++) a[i] = TANH(z[i]);
+        break;
+    case ACT_SOFTMAX:
+        for (ptrdiff_t r = r0; r < r1; r++) {
+            FN(softmax_row)(a + (ptrdiff_t)r * cols, z + (ptrdiff_t)r * cols, cols);
+        }
+        break;
+    default: /* ACT_LINEAR */
+        if (a != z) {
+            for (ptrdiff_t i = begin; i < end; i++) a[i] = z[i];
+        }
+        break;
+    }
+}
+
+void FN(activation_forward)(real *a, const real *z, int rows, int cols, int act,
+                            real slope, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t r0, r1;
+        fastnn_thread_range(rows, &r0, &r1);
+        FN(activation_forward_rows)(a, z, r0, r1, cols, act, slope);
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(activation_backward_rows)(real *dz, const real *da, const real *z, const real *a,
+                                  ptrdiff_t r0, ptrdiff_t r1, int cols, int act, real slope)
+{
+    ptrdiff_t begin = (ptrdiff_t)r0 * cols, end = (ptrdiff_t)r1 * cols;
+    switch (act) {
+    case ACT_SIGMOID: /* a = 1/(1+e^-z)  =>  da/dz = a (1 - a) */
+        for (ptrdiff_t i = begin; i < end; i++) dz[i] = da[i] * a[i] * ((real)1 - a[i]);
+        break;
+    case ACT_RELU: /* a = max(z, 0) */
+        for (ptrdiff_t i = begin; i < end; i++) dz[i] = z[i] > 0 ? da[i] : (real)0;
+        break;
+    case ACT_LEAKY_RELU: /* a = z > 0 ? z : slope z */
+        for (ptrdiff_t i = begin; i < end; i++) dz[i] = z[i] > 0 ? da[i] : slope * da[i];
+        break;
+    case ACT_TANH: /* a = tanh z  =>  da/dz = 1 - a^2 */
+        for (ptrdiff_t i = begin; i < end; i++) dz[i] = da[i] * ((real)1 - a[i] * a[i]);
+        break;
+    case ACT_SOFTMAX: /* a_j = e^z_j / sum e^z  =>  dz_j = a_j (da_j - sum_k da_k a_k) */
+        for (ptrdiff_t r = r0; r < r1; r++) {
+            const real *ar = a + (ptrdiff_t)r * cols, *dar = da + (ptrdiff_t)r * cols;
+            real *dzr = dz + (ptrdiff_t)r * cols;
+            real dot = 0;
+            for (int j = 0; j < cols; j++) dot += dar[j] * ar[j];
+            for (int j = 0; j < cols; j++) dzr[j] = ar[j] * (dar[j] - dot);
+        }
+        break;
+    default: /* ACT_LINEAR */
+        if (dz != da) {
+            for (ptrdiff_t i = begin; i < end; i++) dz[i] = da[i];
+        }
+        break;
+    }
+}
+
+void FN(activation_backward)(real *dz, const real *da, const real *z, const real *a,
+                             int rows, int cols, int act, real slope, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t r0, r1;
+        fastnn_thread_range(rows, &r0, &r1);
+        FN(activation_backward_rows)(dz, da, z, a, r0, r1, cols, act, slope);
+        fastnn_ftz_leave(csr);
+    }
+}
+
+#endif /* FASTNN_TEMPLATE */

@@ -1,0 +1,91 @@
+/* common.h: what every fastnn kernel family shares.
+ *
+ * - Matrices are row-major and contiguous: a (rows x cols) matrix has element (i, j)
+ *   at [i * cols + j].
+ * - Matrix products go through the Fortran BLAS that scipy ships
+ *   (scipy.linalg.cython_blas). The Cython glue hands its sgemm/dgemm to the kernels as
+ *   function pointers, so no BLAS header is included and nothing is linked at build time.
+ * - Each kernel takes an explicit thread count, last. OpenMP loops split the work by
+ *   output (a thread owns whole rows or whole columns), so no sum is ever split across
+ *   threads and results do not depend on the thread count.
+ * - Kernels are written once for a generic `real` and compiled twice (float: _f32,
+ *   double: _f64): each family's .c file includes itself with FASTNN_REAL defined.
+ */
+#ifndef FASTNN_COMMON_H
+#define FASTNN_COMMON_H
+
+#include <stddef.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__SSE__) || defined(_M_X64) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define FASTNN_HAVE_MXCSR 1
+#endif
+
+typedef void (*sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                         float *alpha, float *a, int *lda, float *b, int *ldb,
+                         float *beta, float *c, int *ldc);
+typedef void (*dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
+                         double *alpha, double *a, int *lda, double *b, int *ldb,
+                         double *beta, double *c, int *ldc);
+
+/* Element counts below this run on one thread: an OpenMP fork/join costs a few
+ * microseconds, which only pays off once a pass touches this many elements. */
+#define FASTNN_PARALLEL_MIN 32768
+
+/* Activation codes, shared by the Cython glue (fastnn/_kernels.pyx). */
+enum {
+    ACT_LINEAR = 0,
+    ACT_SIGMOID = 1,
+    ACT_RELU = 2,
+    ACT_LEAKY_RELU = 3,
+    ACT_TANH = 4,
+    ACT_SOFTMAX = 5
+};
+
+/* Subnormal floats (Adam moments of dead ReLU units decay into them) make x86 arithmetic
+ * many times slower. Inside fastnn's own compiled work every thread flushes them to zero
+ * (FTZ) and reads them as zero (DAZ), then restores the caller's mode on the way out. */
+static inline unsigned int fastnn_ftz_enter(void)
+{
+#ifdef FASTNN_HAVE_MXCSR
+    unsigned int saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040u); /* FTZ (bit 15) | DAZ (bit 6) */
+    return saved;
+#else
+    return 0;
+#endif
+}
+
+static inline void fastnn_ftz_leave(unsigned int saved)
+{
+#ifdef FASTNN_HAVE_MXCSR
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
+
+/* Whether a pass over `work` elements should fork threads. */
+static inline int fastnn_threads_for(ptrdiff_t work, int nthreads)
+{
+    return (nthreads > 1 && work >= FASTNN_PARALLEL_MIN) ? nthreads : 1;
+}
+
+/* The part [*begin, *end) of n items that the calling OpenMP thread owns: contiguous
+ * blocks, so each output is written by exactly one thread. */
+static inline void fastnn_thread_range(ptrdiff_t n, ptrdiff_t *begin, ptrdiff_t *end)
+{
+    int tid = 0, nth = 1;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
+#endif
+    *begin = n * tid / nth;
+    *end = n * (tid + 1) / nth;
+}
+
+#endif

@@ -1,0 +1,291 @@
+/* losses.c: see losses.h. Written once for `real`, compiled for float and double by
+ * including itself (real_begin.h explains the pattern). */
+#ifndef FASTNN_TEMPLATE
+#define FASTNN_TEMPLATE
+#include <math.h>
+#include "losses.h"
+#include "activations.h"
+
+/* Keras' epsilon for clipping probabilities. */
+#define PROB_EPS 1e-7
+/* Row blocks per loss pass: fixed, so the sum order never depends on the threads. */
+#define LOSS_BLOCKS 64
+
+#define FASTNN_DOUBLE 0
+#include "real_begin.h"
+#include "losses.c"
+#include "real_end.h"
+#define FASTNN_DOUBLE 1
+#include "real_begin.h"
+#include "losses.c"
+#include "real_end.h"
+#undef FASTNN_TEMPLATE
+#else
+
+/* What one row of a loss computes: returns the row's summed loss, writes the row's
+ * gradient (times gscale) when g is not NULL. */
+typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
+                                  int from_logits, real gscale);
+
+/* Runs a row loss over the batch; y advances by y_stride per row. */
+static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
+                             const real *y, int y_stride, int B, int K, int from_logits,
+                             real gscale, int nthreads)
+{
+    double block_sum[LOSS_BLOCKS];
+    int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t r0 = (ptrdiff_t)B * blk / LOSS_BLOCKS;
+        ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / LOSS_BLOCKS;
+        double s = 0;
+        for (ptrdiff_t r = r0; r < r1; r++) {
+            s += row_loss(grad ? grad + r * K : NULL, pred + r * K, y + r * y_stride, K,
+                          from_logits, gscale);
+        }
+        block_sum[blk] = s;
+        fastnn_ftz_leave(csr);
+    }
+    double total = 0;
+    for (int blk = 0; blk < LOSS_BLOCKS; blk++) total += block_sum[blk];
+    return total;
+}
+
+static real FN(clip_prob)(real p)
+{
+    const real lo = (real)PROB_EPS, hi = (real)1 - (real)PROB_EPS;
+    return p < lo ? lo : (p > hi ? hi : p);
+}
+
+static double FN(bce_row)(real *g, const real *p, const real *y, int K, int from_logits,
+                          real gscale)
+{
+    double s = 0;
+    for (int j = 0; j < K; j++) {
+        real t = y[j];
+        if (from_logits) {
+            /* -y log sig(z) - (1-y) log(1-sig(z)) = max(z,0) - z y + log(1 + e^-|z|) */
+            real z = p[j];
+            s += (double)((z > 0 ? z : (real)0) - z * t + LOG1P(EXP(-FABS(z))));
+            if (g) g[j] = (FN(sigmoid)(z) - t) * gscale;
+        } else {
+            real pc = FN(clip_prob)(p[j]);
+            s += -(double)(t * LOG(pc) + ((real)1 - t) * LOG((real)1 - pc));
+            if (g) g[j] = (pc == p[j]) ? (pc - t) / (pc * ((real)1 - pc)) * gscale : (real)0;
+        }
+    }
+    return s;
+}
+
+double FN(binary_crossentropy_loss)(real *grad, const real *pred, const real *y, int B,
+                                    int K, int from_logits, int nthreads)
+{
+    if (B <= 0 || K <= 0) return 0;
+    real gscale = (real)(1.0 / ((double)B * K));
+    return FN(batch_loss)(FN(bce_row), grad, pred, y, K, B, K, from_logits, gscale,
+                          nthreads) / ((double)B * K);
+}
+
+static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from_logits,
+                          real gscale)
+{
+    (void)from_logits;
+    double s = 0;
+    for (int j = 0; j < K; j++) {
+        real d = p[j] - y[j];
+        s += (double)(d * d);
+        if (g) g[j] = (real)2 * d * gscale; /* d/dp (p - y)^2 */
+    }
+    return s;
+}
+
+double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y, int B,
+                                   int K, int nthreads)
+{
+    if (B <= 0 || K <= 0) return 0;
+    real gscale = (real)(1.0 / ((double)B * K));
+    return FN(batch_loss)(FN(mse_row), grad, pred, y, K, B, K, 0, gscale, nthreads) /
+           ((double)B * K);
+}
+
+/* log sum_j e^z_j, max-subtracted so it is finite for any logits; also returns the max
+ * and the sum of e^(z_j - max) that softmax needs. */
+static real FN(log_sum_exp)(const real *z, int K, real *zmax_out, real *sum_out)
+{
+    real zmax = z[0];
+    for (int j = 1; j < K; j++) {
+        if (z[j] > zmax) zmax = z[j];
+    }
+    real sum = 0;
+    for (int j = 0; j < K; j++) sum += EXP(z[j] - zmax);
+    *zmax_out = zmax;
+    *sum_out = sum;
+    return zmax + LOG(sum);
+}
+
+/* A stored class id as an index, or -1 when it is not one of 0..K-1. */
+static int FN(class_index)(real label, int K)
+{
+    if (!(label >= 0 && label < (real)K)) return -1; /* also catches NaN */
+    int c = (int)label;
+    return ((real)c == label) ? c : -1;
+}
+
+static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
+                                int from_logits, real gscale)
+{
+    int c = FN(class_index)(y[0], K);
+    if (c < 0) {
+        if (g) for (int j = 0; j < K; j++) g[j] = 0;
+        return NAN;
+    }
+    if (from_logits) {
+        /* -log softmax(z)_c = logsumexp(z) - z_c;  d/dz_j = softmax(z)_j - [j == c] */
+        real zmax, sum;
+        real lse = FN(log_sum_exp)(p, K, &zmax, &sum);
+        if (g) {
+            real inv = (real)1 / sum;
+            for (int j = 0; j < K; j++) g[j] = EXP(p[j] - zmax) * inv * gscale;
+            g[c] -= gscale;
+        }
+        return (double)(lse - p[c]);
+    }
+    /* Keras: q = p / sum(p), loss -log clip(q_c);  d/dp_j = 1/sum - [j == c] / p_c */
+    real sum = 0;
+    for (int j = 0; j < K; j++) sum += p[j];
+    real q = p[c] / sum, qc = FN(clip_prob)(q);
+    if (g) {
+        int live = (qc == q);
+        for (int j = 0; j < K; j++) g[j] = live ? gscale / sum : (real)0;
+        if (live) g[c] -= gscale / p[c];
+    }
+    return -(double)LOG(qc);
+}
+
+double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
+                                                const real *labels, int B, int K,
+                                                int from_logits, int nthreads)
+{
+    if (B <= 0 || K <= 0) return 0;
+    real gscale = (real)(1.0 / B);
+    return FN(batch_loss)(FN(sparse_ce_row), grad, pred, labels, 1, B, K, from_logits,
+                          gscale, nthreads) / B;
+}
+
+static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
+                         real gscale)
+{
+    if (from_logits) {
+        /* sum_j y_j (logsumexp(z) - z_j);  d/dz_j = softmax(z)_j sum(y) - y_j */
+        real zmax, sum;
+        real lse = FN(log_sum_exp)(p, K, &zmax, &sum);
+        real ysum = 0, loss = 0;
+        for (int j = 0; j < K; j++) {
+            ysum += y[j];
+            loss += y[j] * (lse - p[j]);
+        }
+        if (g) {
+            real inv = (real)1 / sum;
+            for (int j = 0; j < K; j++) g[j] = (EXP(p[j] - zmax) * inv * ysum - y[j]) * gscale;
+        }
+        return (double)loss;
+    }
+    /* Keras: q = p / sum(p), loss -sum_j y_j log clip(q_j);
+     * d/dp_k = -y_k / p_k [q_k unclipped] + (sum_j y_j [q_j unclipped]) / sum(p) */
+    real sum = 0;
+    for (int j = 0; j < K; j++) sum += p[j];
+    double loss = 0;
+    real live_ysum = 0;
+    for (int j = 0; j < K; j++) {
+        real q = p[j] / sum, qc = FN(clip_prob)(q);
+        loss -= (double)(y[j] * LOG(qc));
+        if (qc == q) live_ysum += y[j];
+    }
+    if (g) {
+        for (int j = 0; j < K; j++) {
+            real q = p[j] / sum;
+            real own = (FN(clip_prob)(q) == q) ? y[j] / p[j] : (real)0;
+            g[j] = (live_ysum / sum - own) * gscale;
+        }
+    }
+    return loss;
+}
+
+double FN(categorical_crossentropy_loss)(real *grad, const real *pred, const real *y, int B,
+                                         int K, int from_logits, int nthreads)
+{
+    if (B <= 0 || K <= 0) return 0;
+    real gscale = (real)(1.0 / B);
+    return FN(batch_loss)(FN(ce_row), grad, pred, y, K, B, K, from_logits, gscale,
+                          nthreads) / B;
+}
+
+double FN(loss)(int loss, real *grad, const real *pred, const real *y, int B, int K,
+                int from_logits, int nthreads)
+{
+    switch (loss) {
+    case LOSS_BINARY_CROSSENTROPY:
+        return FN(binary_crossentropy_loss)(grad, pred, y, B, K, from_logits, nthreads);
+    case LOSS_MEAN_SQUARED_ERROR:
+        return FN(mean_squared_error_loss)(grad, pred, y, B, K, nthreads);
+    case LOSS_SPARSE_CATEGORICAL_CROSSENTROPY:
+        return FN(sparse_categorical_crossentropy_loss)(grad, pred, y, B, K, from_logits,
+                                                        nthreads);
+    case LOSS_CATEGORICAL_CROSSENTROPY:
+        return FN(categorical_crossentropy_loss)(grad, pred, y, B, K, from_logits, nthreads);
+    default:
+        return NAN;
+    }
+}
+
+static int FN(argmax)(const real *v, int K)
+{
+    int best = 0;
+    for (int j = 1; j < K; j++) {
+        if (v[j] > v[best]) best = j;
+    }
+    return best;
+}
+
+double FN(metric_sum)(int metric, const real *pred, const real *y, int B, int K,
+                      int from_logits)
+{
+    double total = 0;
+    for (ptrdiff_t r = 0; r < B; r++) {
+        const real *p = pred + r * K;
+        double v = 0;
+        switch (metric) {
+        case METRIC_BINARY_ACCURACY: {
+            const real *t = y + r * K;
+            real threshold = from_logits ? (real)0 : (real)0.5;
+            for (int j = 0; j < K; j++) v += (t[j] == (p[j] > threshold ? (real)1 : (real)0));
+            v /= K;
+            break;
+        }
+        case METRIC_SPARSE_CATEGORICAL_ACCURACY:
+            v = (FN(class_index)(y[r], K) == FN(argmax)(p, K));
+            break;
+        case METRIC_CATEGORICAL_ACCURACY:
+            v = (FN(argmax)(y + r * K, K) == FN(argmax)(p, K));
+            break;
+        case METRIC_MEAN_ABSOLUTE_ERROR:
+            for (int j = 0; j < K; j++) v += FABS(p[j] - y[r * K + j]);
+            v /= K;
+            break;
+        case METRIC_MEAN_SQUARED_ERROR:
+            for (int j = 0; j < K; j++) {
+                real d = p[j] - y[r * K + j];
+                v += (double)(d * d);
+            }
+            v /= K;
+            break;
+        default:
+            return NAN;
+        }
+        total += v;
+    }
+    return total;
+}
+
+#endif /* FASTNN_TEMPLATE */

@@ -1,0 +1,59 @@
+/* losses.h: losses and metrics, each loss computing its value and gradient in one pass.
+ *
+ * Layout: pred (B x K) row-major. Targets y are (B x K) for binary cross-entropy, MSE
+ * and categorical cross-entropy, and (B) class ids (whole numbers stored as real) for
+ * sparse categorical cross-entropy.
+ * Each *_loss returns the batch-mean loss (mean over the last axis, then over the batch,
+ * Keras' default reduction, accumulated in double) and, when grad is not NULL, writes
+ * grad = d(mean loss)/d(pred) (B x K).
+ * from_logits: pred holds logits; the loss uses the log-sum-exp forms, exact and finite
+ * for any logit. Otherwise pred holds probabilities, clipped to [1e-7, 1 - 1e-7] as Keras
+ * does (the gradient is zero where clipping bit). A sigmoid or softmax output layer with
+ * from_logits=False is trained by passing its logits here with from_logits=1.
+ * A class id outside [0, K) (the Python layer rejects those first) gives a NaN loss and
+ * never an out-of-bounds read.
+ * Threads: the batch is cut into a fixed number of row blocks, whatever the thread count;
+ * block sums are added in order, so the result does not depend on the thread count.
+ */
+#ifndef FASTNN_LOSSES_H
+#define FASTNN_LOSSES_H
+
+#include "common.h"
+
+enum {
+    LOSS_BINARY_CROSSENTROPY = 0,
+    LOSS_MEAN_SQUARED_ERROR = 1,
+    LOSS_SPARSE_CATEGORICAL_CROSSENTROPY = 2,
+    LOSS_CATEGORICAL_CROSSENTROPY = 3
+};
+
+enum {
+    METRIC_BINARY_ACCURACY = 0,
+    METRIC_SPARSE_CATEGORICAL_ACCURACY = 1,
+    METRIC_CATEGORICAL_ACCURACY = 2,
+    METRIC_MEAN_ABSOLUTE_ERROR = 3,
+    METRIC_MEAN_SQUARED_ERROR = 4
+};
+
+#define FASTNN_DECLARE_LOSSES(real, sfx)                                                    \
+    double binary_crossentropy_loss_##sfx(real *grad, const real *pred, const real *y,      \
+                                          int B, int K, int from_logits, int nthreads);     \
+    double mean_squared_error_loss_##sfx(real *grad, const real *pred, const real *y,       \
+                                         int B, int K, int nthreads);                       \
+    double sparse_categorical_crossentropy_loss_##sfx(real *grad, const real *pred,         \
+                                                      const real *labels, int B, int K,     \
+                                                      int from_logits, int nthreads);       \
+    double categorical_crossentropy_loss_##sfx(real *grad, const real *pred, const real *y, \
+                                               int B, int K, int from_logits, int nthreads);\
+    /* One of the LOSS_* codes; y is labels for the sparse loss. */                         \
+    double loss_##sfx(int loss, real *grad, const real *pred, const real *y, int B, int K,  \
+                      int from_logits, int nthreads);                                       \
+    /* Sum over the batch of the per-sample metric (each sample's value is a mean over the  \
+     * last axis); from_logits makes binary accuracy threshold at 0 instead of 0.5. */      \
+    double metric_sum_##sfx(int metric, const real *pred, const real *y, int B, int K,      \
+                            int from_logits);
+
+FASTNN_DECLARE_LOSSES(float, f32)
+FASTNN_DECLARE_LOSSES(double, f64)
+
+#endif

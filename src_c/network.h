@@ -1,0 +1,102 @@
+/* network.h: a Sequential network's training and inference loops, in C.
+ *
+ * The Python layer describes each layer (nn_layer) with pointers into the model's one
+ * parameter buffer and one gradient buffer; the optimizer (nn_optimizer) updates both
+ * whole buffers in one pass. A workspace (nn_workspace) holds every per-batch buffer for
+ * one batch size; it is allocated once and reused by every step.
+ *
+ * Per layer i (rows = samples of the batch, out_dim columns):
+ *   dense:      z = a[i-1] w + b, a = f(z)            (a aliases z for linear)
+ *   activation: z aliases a[i-1], a = f(z)
+ *   dropout:    z holds the scaled keep-mask, a = a[i-1] * z   (inference: a = a[i-1])
+ *   d[i] holds dL/da[i] and, after the layer's backward, dL/dz[i].
+ * When the last layer's activation is sigmoid (binary cross-entropy) or softmax
+ * (categorical cross-entropies) and the loss takes probabilities, the loss is computed
+ * from z by its logits form, and the backward starts from dL/dz = p - y (model->fused).
+ *
+ * Training splits an epoch into steps; network_train_* runs steps [step_begin, step_end)
+ * so Python can report progress between calls. Results depend only on the seeds, never on
+ * the thread count: every kernel splits its work by output.
+ */
+#ifndef FASTNN_NETWORK_H
+#define FASTNN_NETWORK_H
+
+#include <stdint.h>
+#include "common.h"
+
+enum { LAYER_DENSE = 0, LAYER_ACTIVATION = 1, LAYER_DROPOUT = 2 };
+enum { OPT_SGD = 0, OPT_ADAM = 1, OPT_RMSPROP = 2 };
+#define NN_MAX_METRICS 8
+
+typedef struct {
+    int kind;           /* LAYER_* */
+    int in_dim, out_dim;/* features per sample */
+    int act;            /* ACT_* */
+    double slope;       /* leaky_relu negative slope */
+    double rate;        /* dropout rate */
+    void *w, *b;        /* parameters (b NULL without bias), views into the model buffer */
+    void *dw, *db;      /* their gradients, views into the gradient buffer */
+} nn_layer;
+
+typedef struct {
+    int is_double;      /* 0: float32, 1: float64 */
+    int n_layers;
+    nn_layer *layers;
+    int loss;           /* LOSS_* */
+    int from_logits;    /* as the loss was configured */
+    int fused;          /* the last layer's sigmoid/softmax is folded into the loss */
+    int n_metrics;
+    int metrics[NN_MAX_METRICS]; /* METRIC_* */
+    void *gemm;         /* sgemm_fn or dgemm_fn */
+} nn_model;
+
+typedef struct {
+    int kind;           /* OPT_* */
+    double learning_rate, beta1, beta2, epsilon, rho, momentum;
+    int nesterov;
+    long long iterations; /* steps taken so far (Adam's t) */
+    void *params, *grads; /* the model's flat buffers */
+    void *slot1, *slot2;  /* Adam m, v; RMSprop v, momentum; SGD velocity */
+    ptrdiff_t n_params;
+} nn_optimizer;
+
+typedef struct {
+    int batch;          /* rows the buffers hold */
+    int n_layers;
+    void *block;        /* one allocation that holds all buffers below */
+    void *xb, *yb;      /* the gathered batch */
+    void **zbuf, **abuf, **dbuf; /* per-layer storage (NULL where a layer aliases) */
+    void **z, **a;      /* per-layer pointers used by the last forward pass */
+} nn_workspace;
+
+/* NULL when out of memory. y_width: targets per sample (1 for sparse labels). */
+nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width);
+void network_workspace_free(nn_workspace *ws);
+
+/* order[0..n) = a permutation of 0..n-1 drawn from seed (Fisher-Yates, splitmix64). */
+void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
+
+#define FASTNN_DECLARE_NETWORK(real, sfx)                                                  \
+    /* Steps [step_begin, step_end) of an epoch over rows order[0..n) of x, y. Adds each  \
+     * batch's loss times its size to *loss_sum and its metric sums to metric_sums. */     \
+    void network_train_##sfx(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,       \
+                             const real *x, const real *y, int y_width,                    \
+                             const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,      \
+                             ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum,  \
+                             double *metric_sums, int nthreads);                           \
+    /* Inference: out (n x out_dim of the last layer) from x, in batches of ws->batch. */  \
+    void network_predict_##sfx(const nn_model *m, nn_workspace *ws, real *out,             \
+                               const real *x, ptrdiff_t n, int nthreads);                  \
+    /* Inference loss and metrics summed over the rows (loss times batch size). */         \
+    void network_evaluate_##sfx(const nn_model *m, nn_workspace *ws, const real *x,        \
+                                const real *y, int y_width, ptrdiff_t n, double *loss_sum, \
+                                double *metric_sums, int nthreads);                        \
+    /* Loss of the first ws->batch rows (no dropout) and its gradient, written into the    \
+     * model's gradient buffer; nothing is updated. */                                     \
+    double network_loss_grad_##sfx(const nn_model *m, nn_workspace *ws, const real *x,     \
+                                   const real *y, int y_width, int rows, int nthreads);
+
+FASTNN_DECLARE_NETWORK(float, f32)
+FASTNN_DECLARE_NETWORK(double, f64)
+
+#endif

@@ -1,0 +1,100 @@
+/* optimizers.c: see optimizers.h. Written once for `real`, compiled for float and double
+ * by including itself (real_begin.h explains the pattern). */
+#ifndef FASTNN_TEMPLATE
+#define FASTNN_TEMPLATE
+#include <math.h>
+#include "optimizers.h"
+
+double adam_corrected_rate(double lr, double beta1, double beta2, long long t)
+{
+    return lr * sqrt(1.0 - pow(beta2, (double)t)) / (1.0 - pow(beta1, (double)t));
+}
+
+#define FASTNN_DOUBLE 0
+#include "real_begin.h"
+#include "optimizers.c"
+#include "real_end.h"
+#define FASTNN_DOUBLE 1
+#include "real_begin.h"
+#include "optimizers.c"
+#include "real_end.h"
+#undef FASTNN_TEMPLATE
+#else
+
+void FN(sgd_update)(real *w, const real *g, real *velocity, ptrdiff_t n, real lr,
+                    real momentum, int nesterov, int nthreads)
+{
+    int nt = fastnn_threads_for(n, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t i0, i1;
+        fastnn_thread_range(n, &i0, &i1);
+        if (momentum == 0) {
+            for (ptrdiff_t i = i0; i < i1; i++) w[i] -= lr * g[i];
+        } else if (nesterov) {
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                real vel = momentum * velocity[i] - lr * g[i];
+                velocity[i] = vel;
+                w[i] += momentum * vel - lr * g[i];
+            }
+        } else {
+            for (ptrdiff_t i = i0; i < i1; i++) {
+                real vel = momentum * velocity[i] - lr * g[i];
+                velocity[i] = vel;
+                w[i] += vel;
+            }
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(adam_update)(real *w, const real *g, real *m, real *v, ptrdiff_t n, real lr_t,
+                     real beta1, real beta2, real eps, int nthreads)
+{
+    int nt = fastnn_threads_for(n, nthreads);
+    real one_minus_b1 = (real)1 - beta1, one_minus_b2 = (real)1 - beta2;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t i0, i1;
+        fastnn_thread_range(n, &i0, &i1);
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            real gi = g[i];
+            real mi = m[i] + (gi - m[i]) * one_minus_b1;
+            real vi = v[i] + (gi * gi - v[i]) * one_minus_b2;
+            m[i] = mi;
+            v[i] = vi;
+            w[i] -= lr_t * mi / (SQRT(vi) + eps);
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(rmsprop_update)(real *w, const real *g, real *v, real *mom, ptrdiff_t n, real lr,
+                        real rho, real momentum, real eps, int nthreads)
+{
+    int nt = fastnn_threads_for(n, nthreads);
+    real one_minus_rho = (real)1 - rho;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t i0, i1;
+        fastnn_thread_range(n, &i0, &i1);
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            real gi = g[i];
+            real vi = rho * v[i] + one_minus_rho * gi * gi;
+            v[i] = vi;
+            real inc = lr * gi / SQRT(vi + eps);
+            if (momentum > 0) {
+                mom[i] = momentum * mom[i] + inc;
+                w[i] -= mom[i];
+            } else {
+                w[i] -= inc;
+            }
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+#endif /* FASTNN_TEMPLATE */
