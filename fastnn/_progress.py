@@ -1,0 +1,68 @@
+"""Keras-style progress output for fit: a bar redrawn a few times a second (verbose=1) or
+one line per epoch (verbose=2)."""
+import sys
+import time
+
+
+def _format_logs(logs):
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+
+
+def _format_time(seconds):
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+    return f"{seconds:.0f}s"
+
+
+def _per_step(seconds, steps):
+    per = seconds / max(steps, 1)
+    return f"{per * 1e3:.0f}ms/step" if per >= 1e-3 else f"{per * 1e6:.0f}us/step"
+
+
+class Progress:
+    """Prints one epoch's progress. `update` is called between chunks of compiled steps."""
+
+    REFRESH = 0.2  # seconds between redraws of the bar
+
+    def __init__(self, verbose, epoch, epochs, steps, stream=None):
+        self.verbose, self.steps = verbose, steps
+        self.stream = stream or sys.stdout
+        self.start = self.last_draw = time.perf_counter()
+        self.width = len(str(steps))
+        if verbose:
+            self._write(f"Epoch {epoch + 1}/{epochs}\n")
+
+    def _write(self, text):
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _bar(self, done, logs):
+        elapsed = time.perf_counter() - self.start
+        filled = int(20 * done / max(self.steps, 1))
+        bar = "━" * filled + "─" * (20 - filled) if filled < 20 else "━" * 20
+        if done < self.steps:
+            eta = elapsed / max(done, 1) * (self.steps - done)
+            timing = f"{_format_time(eta)}"
+        else:
+            timing = f"{_format_time(elapsed)} {_per_step(elapsed, self.steps)}"
+        text = f"{done:>{self.width}}/{self.steps} {bar} {timing}"
+        return text + (" - " + _format_logs(logs) if logs else "")
+
+    def update(self, done, logs):
+        """After `done` steps; redraws at most every REFRESH seconds."""
+        if self.verbose != 1:
+            return
+        now = time.perf_counter()
+        if now - self.last_draw >= self.REFRESH:
+            self.last_draw = now
+            self._write("\r" + self._bar(done, logs))
+
+    def end(self, logs):
+        if self.verbose == 1:
+            self._write("\r" + self._bar(self.steps, logs) + "\n")
+        elif self.verbose == 2:
+            elapsed = time.perf_counter() - self.start
+            self._write(f"{self.steps}/{self.steps} - {_format_time(elapsed)} - "
+                        f"{_per_step(elapsed, self.steps)} - {_format_logs(logs)}\n")

@@ -1,0 +1,134 @@
+"""Process-wide settings: the default float type, the random seed and the thread count."""
+import contextlib
+import os
+import threading
+
+import numpy as np
+
+_state = threading.local()
+_floatx = "float32"
+_rng = np.random.default_rng()
+_num_threads = None  # None: the default, read on use
+_blas_lock = threading.Lock()
+_blas = {"controller": None, "users": 0, "saved": None}
+
+
+def floatx():
+    """The dtype name new models use: "float32" (the default) or "float64"."""
+    return _floatx
+
+
+def set_floatx(value):
+    """Sets the dtype new models use when they are given none: "float32" or "float64"."""
+    global _floatx
+    _floatx = check_dtype(value, "value")
+
+
+def check_dtype(value, name="dtype"):
+    """The dtype name for a user's float32/float64 choice; anything else is an error."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {value!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{name}: expected 'float32' or 'float64', got {value!r}")
+    return dt.name
+
+
+def set_random_seed(seed):
+    """Seeds everything fastnn draws: weight initialization, shuffling and dropout of
+    fits that are given no seed of their own (as keras.utils.set_random_seed)."""
+    global _rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    _rng = np.random.default_rng(int(seed))
+
+
+def rng():
+    """The generator behind weight initialization and unseeded fits."""
+    return _rng
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads():
+    """The threads fastnn's kernels and its BLAS calls use."""
+    scoped = getattr(_state, "threads", None)
+    if scoped is not None:
+        return scoped
+    return _num_threads if _num_threads is not None else _default_threads()
+
+
+def set_num_threads(n):
+    """Sets the threads fastnn's kernels and its BLAS calls use (None: the default,
+    OMP_NUM_THREADS when set, else the CPUs this process may run on)."""
+    global _num_threads
+    _num_threads = None if n is None else _check_threads(n)
+
+
+def _check_threads(n):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    return int(n)
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """`with fastnn.num_threads(n):` uses n threads in this thread's fastnn calls."""
+    n = _check_threads(n)
+    previous = getattr(_state, "threads", None)
+    _state.threads = n
+    try:
+        yield n
+    finally:
+        _state.threads = previous
+
+
+def _blas_controllers():
+    """threadpoolctl's handles on the BLAS that scipy.linalg.cython_blas calls (the one
+    fastnn uses), or on every BLAS when that one cannot be told apart."""
+    if _blas["controller"] is None:
+        try:
+            import scipy.linalg  # noqa: F401  (loads scipy's BLAS)
+            from threadpoolctl import ThreadpoolController
+            libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+            scipy_libs = [c for c in libs if "scipy" in os.path.basename(os.path.dirname(c.filepath))]
+            _blas["controller"] = scipy_libs or libs
+        except Exception:  # threadpoolctl missing or failing: leave BLAS as it is
+            _blas["controller"] = []
+    return _blas["controller"]
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Runs the block with fastnn's BLAS limited to n threads and restores its previous
+    setting afterwards. Overlapping blocks from several threads share one setting: the
+    first sets it, the last restores it."""
+    libs = _blas_controllers()
+    with _blas_lock:
+        if _blas["users"] == 0:
+            saved = [lib.num_threads for lib in libs]
+            if any(t != n for t in saved):
+                for lib in libs:
+                    lib.set_num_threads(n)
+                _blas["saved"] = saved
+            else:
+                _blas["saved"] = None
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas["users"] -= 1
+            if _blas["users"] == 0 and _blas["saved"] is not None:
+                for lib, t in zip(libs, _blas["saved"]):
+                    lib.set_num_threads(t)
+                _blas["saved"] = None

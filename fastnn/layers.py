@@ -1,0 +1,230 @@
+"""Layers. Each builds and owns its parameters; once its model is built they are views
+into the model's one parameter buffer, so the optimizer updates all of them in one pass.
+
+A layer describes itself to the compiled network through `spec()`; it computes nothing in
+Python.
+"""
+import math
+
+import numpy as np
+
+from . import activations, config
+from ._kernels import ACTIVATIONS
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _shape_tuple(shape, name):
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name}: expected a tuple of positive integers, got {shape!r}") from None
+    if not shape or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(f"{name}: expected a tuple of positive integers, got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+# ---- initializers -----------------------------------------------------------------------
+
+def _fans(shape):
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _glorot_uniform(shape, rng):
+    fan_in, fan_out = _fans(shape)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _glorot_normal(shape, rng):
+    fan_in, fan_out = _fans(shape)
+    return _truncated_normal(shape, math.sqrt(2.0 / (fan_in + fan_out)), rng)
+
+
+def _he_uniform(shape, rng):
+    limit = math.sqrt(6.0 / _fans(shape)[0])
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _he_normal(shape, rng):
+    return _truncated_normal(shape, math.sqrt(2.0 / _fans(shape)[0]), rng)
+
+
+def _lecun_normal(shape, rng):
+    return _truncated_normal(shape, math.sqrt(1.0 / _fans(shape)[0]), rng)
+
+
+def _truncated_normal(shape, stddev, rng):
+    """Normal draws beyond two standard deviations redrawn, as Keras' variance-scaling
+    initializers (whose stddev is corrected for the truncation)."""
+    stddev = stddev / 0.87962566103423978
+    out = rng.standard_normal(size=shape)
+    bad = np.abs(out) > 2
+    while bad.any():
+        out[bad] = rng.standard_normal(size=int(bad.sum()))
+        bad = np.abs(out) > 2
+    return out * stddev
+
+
+INITIALIZERS = {
+    "glorot_uniform": _glorot_uniform,
+    "glorot_normal": _glorot_normal,
+    "he_uniform": _he_uniform,
+    "he_normal": _he_normal,
+    "lecun_normal": _lecun_normal,
+    "random_normal": lambda shape, rng: rng.normal(0.0, 0.05, size=shape),
+    "random_uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
+    "zeros": lambda shape, rng: np.zeros(shape),
+    "ones": lambda shape, rng: np.ones(shape),
+}
+
+
+def _initializer(identifier, name):
+    if callable(identifier) and not isinstance(identifier, str):
+        return identifier
+    if identifier in INITIALIZERS:
+        return INITIALIZERS[identifier]
+    raise ValueError(f"{name}: expected one of {', '.join(INITIALIZERS)} or a callable "
+                     f"(shape, rng) -> array, got {identifier!r}")
+
+
+# ---- layers -----------------------------------------------------------------------------
+
+class Layer:
+    """Base class: a name, an input/output shape once built, and its parameters."""
+
+    _counts = {}
+
+    def __init__(self, name=None):
+        kind = type(self).__name__.lower()
+        Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
+        self.name = name or (kind if Layer._counts[kind] == 1 else f"{kind}_{Layer._counts[kind] - 1}")
+        self.input_shape = None
+        self.output_shape = None
+        self.params = []  # arrays in Keras' get_weights order
+
+    @property
+    def built(self):
+        return self.input_shape is not None
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def build(self, input_shape):
+        """Creates the parameters for inputs of per-sample shape input_shape (kept when
+        the layer was already built for that shape)."""
+        output_shape = self.compute_output_shape(input_shape)
+        if self.input_shape != input_shape:
+            self.params = [np.asarray(p, dtype=np.float64) for p in self._initial_params(input_shape)]
+        self.input_shape, self.output_shape = input_shape, output_shape
+        return output_shape
+
+    def _initial_params(self, input_shape):
+        return []
+
+    def param_shapes(self):
+        return [p.shape for p in self.params]
+
+    def count_params(self):
+        return sum(int(p.size) for p in self.params)
+
+    def spec(self, offsets):
+        """The dict the compiled network reads (see fastnn/_network.pxi)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class Input(Layer):
+    """Declares the per-sample input shape; holds no parameters and computes nothing."""
+
+    def __init__(self, shape, name=None):
+        super().__init__(name)
+        self.shape = _shape_tuple(shape, "shape")
+
+
+class Dense(Layer):
+    """z = x @ kernel + bias, output activation(z). kernel is (in, units)."""
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None,
+                 input_shape=None, input_dim=None):
+        self.units = _positive_int(units, "units")
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer")
+        super().__init__(name)
+        if input_dim is not None:
+            input_shape = (_positive_int(input_dim, "input_dim"),)
+        self.declared_input_shape = None if input_shape is None else _shape_tuple(input_shape, "input_shape")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.name}: Dense expects inputs of shape (batch, features), "
+                             f"got per-sample shape {input_shape}; add Flatten() before it")
+        return (self.units,)
+
+    def _initial_params(self, input_shape):
+        rng = config.rng()
+        kernel = self.kernel_initializer((input_shape[0], self.units), rng)
+        return [kernel, self.bias_initializer((self.units,), rng)] if self.use_bias else [kernel]
+
+    def spec(self, offsets):
+        return {"kind": "dense", "in_dim": self.input_shape[0], "out_dim": self.units,
+                "act": ACTIVATIONS[self.activation], "slope": activations.DEFAULT_LEAKY_SLOPE,
+                "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None}
+
+
+class Activation(Layer):
+    """Applies an activation to its input."""
+
+    def __init__(self, activation, name=None):
+        self.activation = activations.get(activation)
+        self.negative_slope = activations.DEFAULT_LEAKY_SLOPE
+        super().__init__(name)
+
+    def spec(self, offsets):
+        width = math.prod(self.input_shape)
+        return {"kind": "activation", "in_dim": width, "out_dim": width,
+                "act": ACTIVATIONS[self.activation], "slope": self.negative_slope,
+                "rate": 0.0, "w": None, "b": None}
+
+
+class LeakyReLU(Activation):
+    """leaky_relu with a chosen negative slope (default 0.01)."""
+
+    def __init__(self, negative_slope=0.01, name=None):
+        super().__init__("leaky_relu", name)
+        slope = float(negative_slope)
+        if not math.isfinite(slope):
+            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
+        self.negative_slope = slope
+
+
+class Dropout(Layer):
+    """During training, zeroes each input with probability rate and scales the rest by
+    1/(1 - rate); at inference it passes its input through."""
+
+    def __init__(self, rate, name=None, seed=None):
+        rate = float(rate) if isinstance(rate, (int, float, np.floating, np.integer)) and not isinstance(rate, bool) else None
+        if rate is None or not 0.0 <= rate < 1.0:
+            raise ValueError("rate: expected a number in [0, 1)")
+        self.rate = rate
+        super().__init__(name)
+
+    def spec(self, offsets):
+        width = math.prod(self.input_shape)
+        return {"kind": "dropout", "in_dim": width, "out_dim": width, "act": 0,
+                "slope": 0.0, "rate": self.rate, "w": None, "b": None}

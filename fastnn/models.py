@@ -1,0 +1,470 @@
+"""Sequential: the Keras model API over fastnn's compiled network.
+
+The model owns one flat parameter buffer and one gradient buffer; every layer's weights
+are views into them. `fit`, `predict` and `evaluate` check their inputs in Python, then
+run whole epochs (or all batches) in compiled code with the GIL released.
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import _validation as check
+from . import config
+from . import losses as losses_module
+from . import optimizers as optimizers_module
+from ._kernels import LOSSES, METRICS, MAX_METRICS, Network
+from ._progress import Progress
+from .callbacks import Callback, History
+from .layers import Input, Layer
+
+_MASK64 = (1 << 64) - 1
+_PREDICT_BATCH = 256  # rows per compiled inference pass when the caller names none
+
+_METRIC_ALIASES = {
+    "binary_accuracy": "binary_accuracy",
+    "sparse_categorical_accuracy": "sparse_categorical_accuracy",
+    "categorical_accuracy": "categorical_accuracy",
+    "mae": "mean_absolute_error", "mean_absolute_error": "mean_absolute_error",
+    "mse": "mean_squared_error", "mean_squared_error": "mean_squared_error",
+}
+
+
+def _resolve_metric(name, loss):
+    """The kernel metric behind a metric name; "accuracy" follows the loss as in Keras."""
+    if not isinstance(name, str):
+        raise ValueError(f"metrics: expected metric names (strings), got {name!r}")
+    if name in ("accuracy", "acc"):
+        return {"binary_crossentropy": "binary_accuracy",
+                "sparse_categorical_crossentropy": "sparse_categorical_accuracy",
+                "categorical_crossentropy": "categorical_accuracy"}.get(getattr(loss, "name", None))
+    if name in _METRIC_ALIASES:
+        return _METRIC_ALIASES[name]
+    raise ValueError(f"metrics: expected names among accuracy, {', '.join(_METRIC_ALIASES)}; "
+                     f"got {name!r}")
+
+
+class Sequential:
+    """A linear stack of layers, with Keras' compile/fit/predict/evaluate."""
+
+    _count = 0
+
+    def __init__(self, layers=None, name=None, dtype=None):
+        self.dtype = config.check_dtype(dtype if dtype is not None else config.floatx())
+        if name is None:
+            name = "sequential" if Sequential._count == 0 else f"sequential_{Sequential._count}"
+            Sequential._count += 1
+        self.name = name
+        self.layers = []
+        self._input_shape = None  # per-sample shape, from Input or build
+        self._params = self._grads = self._network = None
+        self.optimizer = self.loss = None
+        self._metric_names = []
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # ---- structure ---------------------------------------------------------------------
+
+    def add(self, layer):
+        """Appends a layer (an Input only declares the input shape)."""
+        if isinstance(layer, Input):
+            if self.layers:
+                raise ValueError("layer: an Input must come before any other layer")
+            self._input_shape = layer.shape
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer: expected a fastnn.layers layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        self._network = None  # rebuilt, keeping the weights of built layers
+
+    @property
+    def built(self):
+        return self._network is not None
+
+    def _declared_input_shape(self):
+        if self._input_shape is not None:
+            return self._input_shape
+        return getattr(self.layers[0], "declared_input_shape", None) if self.layers else None
+
+    @staticmethod
+    def _per_sample(input_shape):
+        shape = tuple(input_shape)
+        if len(shape) >= 1 and shape[0] is None:
+            shape = shape[1:]
+        elif len(shape) == 2:  # (batch, features) for Dense inputs
+            shape = shape[1:]
+        return shape
+
+    def _output_shape_for(self, input_shape):
+        """Per-sample output shape of the stack, without building (raises on a mismatch)."""
+        if not self.layers:
+            raise ValueError("model: has no layers; add some before building")
+        shape = input_shape
+        for layer in self.layers:
+            shape = layer.compute_output_shape(shape)
+        return shape
+
+    def build(self, input_shape=None):
+        """Creates the parameters for inputs of this shape (with or without batch axis)."""
+        if input_shape is None:
+            input_shape = self._declared_input_shape()
+            if input_shape is None:
+                raise ValueError("input_shape: the model has no Input; pass input_shape")
+        else:
+            try:
+                input_shape = self._per_sample(input_shape)
+            except TypeError:
+                raise TypeError(f"input_shape: expected a tuple, got {input_shape!r}") from None
+            if not input_shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in input_shape):
+                raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+            input_shape = tuple(int(d) for d in input_shape)
+        self._output_shape_for(input_shape)
+        self._build(input_shape)
+
+    def _build(self, input_shape):
+        shapes, shape = [], input_shape
+        for layer in self.layers:
+            shape = layer.build(shape)
+            shapes.append(layer.param_shapes())
+        sizes = [[math.prod(s) for s in layer_shapes] for layer_shapes in shapes]
+        total = sum(sum(s) for s in sizes)
+        params = np.zeros(max(total, 1), dtype=self.dtype)
+        grads = np.zeros_like(params)
+        specs, offset = [], 0
+        for layer, layer_sizes in zip(self.layers, sizes):
+            offsets, views = [], []
+            for p, size in zip(layer.params, layer_sizes):
+                view = params[offset:offset + size].reshape(p.shape)
+                view[...] = p
+                offsets.append(offset)
+                views.append(view)
+                offset += size
+            layer.params = views
+            specs.append(layer.spec(offsets))
+        self._input_shape = input_shape
+        self._params, self._grads = params, grads
+        self._specs = specs
+        self._network = Network(specs, params, grads)
+        self._configure_loss()
+        if self.optimizer is not None and self.optimizer.slots is not None \
+                and self.optimizer.slots[0].shape != params.shape:
+            self.optimizer.slots = None  # the parameters changed: fresh optimizer state
+
+    @property
+    def input_shape(self):
+        return None if self._input_shape is None else (None,) + tuple(self._input_shape)
+
+    @property
+    def output_shape(self):
+        if self._input_shape is None:
+            return None
+        return (None,) + tuple(self._output_shape_for(self._input_shape))
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+    # ---- compile -----------------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Sets the optimizer, the loss and the metrics (see fastnn's API page)."""
+        optimizer = optimizers_module.get(optimizer)
+        loss = None if loss is None else losses_module.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, str):
+            metrics = [metrics]
+        metrics = list(metrics)
+        if len(metrics) > MAX_METRICS:
+            raise ValueError(f"metrics: at most {MAX_METRICS} metrics, got {len(metrics)}")
+        for name in metrics:
+            _resolve_metric(name, loss)  # rejects unknown names now
+        self.optimizer, self.loss = optimizer, loss
+        self._metric_names = metrics
+        self.compiled = True
+        if self._network is not None:
+            self._configure_loss()
+
+    def _metric_kernels(self):
+        out_width = self._specs[-1]["out_dim"] if self._network is not None else 1
+        codes = []
+        for name in self._metric_names:
+            kernel = _resolve_metric(name, self.loss)
+            if kernel is None:  # "accuracy" with MSE: by the output width, as Keras
+                kernel = "binary_accuracy" if out_width == 1 else "categorical_accuracy"
+            codes.append(METRICS[kernel])
+        return codes
+
+    def _fused(self):
+        """Whether the last layer's sigmoid/softmax folds into the loss (logits path)."""
+        last_act = getattr(self.layers[-1], "activation", None) if self.layers else None
+        if self.loss is None or self.loss.from_logits:
+            return False
+        if self.loss.name == "binary_crossentropy":
+            return last_act == "sigmoid"
+        if self.loss.name in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+            return last_act == "softmax"
+        return False
+
+    def _configure_loss(self):
+        if self._network is not None:
+            self._configure_loss_of(self._network)
+
+    def _configure_loss_of(self, network):
+        """Hands the loss and metrics to a compiled network built from this model."""
+        if self.loss is not None:
+            network.set_loss(LOSSES[self.loss.name], self.loss.from_logits, self._fused(),
+                             self._metric_kernels())
+
+    def _require_compiled(self, what):
+        if self.loss is None:
+            raise ValueError(f"{what}: the model must be compiled with a loss first "
+                             f"(model.compile(optimizer=..., loss=...))")
+
+    # ---- data --------------------------------------------------------------------------
+
+    def _prepare_x(self, x, name="x"):
+        """x checked and converted; builds the model from it when needed (after checks)."""
+        if self._network is not None:
+            return check.features(x, name, self.dtype, self._input_shape[0])
+        declared = self._declared_input_shape()
+        arr = check.features(x, name, self.dtype, declared[0] if declared else None)
+        self._output_shape_for(arr.shape[1:])
+        return arr
+
+    def _out_width(self, input_shape):
+        return math.prod(self._output_shape_for(input_shape))
+
+    def _prepare_xy(self, x, y, xname="x", yname="y"):
+        xa = self._prepare_x(x, xname)
+        width = self._out_width(xa.shape[1:])
+        ya = check.targets(y, yname, self.dtype, self.loss.name, width, xa.shape[0])
+        return xa, ya
+
+    # ---- training ----------------------------------------------------------------------
+
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
+            seed=None):
+        """Trains for `epochs` epochs; returns a History. See fastnn's API page."""
+        self._require_compiled("fit")
+        batch_size = check.integer(32 if batch_size is None else batch_size, "batch_size", 1)
+        epochs = check.integer(epochs, "epochs", 0)
+        initial_epoch = check.integer(initial_epoch, "initial_epoch", 0)
+        verbose = check.choice(verbose, "verbose", ("auto", 0, 1, 2))
+        if verbose == "auto":
+            verbose = 1 if sys.stdout.isatty() else 0
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split: expected a number in [0, 1), got {validation_split!r}")
+        if seed is not None:
+            seed = check.integer(seed, "seed", 0)
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not hasattr(cb, "on_epoch_end"):
+                raise TypeError(f"callbacks: expected objects with on_epoch_end(epoch, logs), got {cb!r}")
+        if x is None or y is None:
+            raise ValueError("x, y: fit needs both inputs and targets")
+
+        xa, ya = self._prepare_xy(x, y)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data: expected a tuple (x_val, y_val)")
+            val = self._prepare_xy(validation_data[0], validation_data[1], "validation_data[0]",
+                                   "validation_data[1]")
+        elif validation_split > 0:
+            split = int(xa.shape[0] * (1.0 - validation_split))
+            if split < 1 or split >= xa.shape[0]:
+                raise ValueError(f"validation_split: {validation_split} of {xa.shape[0]} samples "
+                                 f"leaves no training or no validation samples")
+            val = (xa[split:], ya[split:])
+            xa, ya = np.ascontiguousarray(xa[:split]), np.ascontiguousarray(ya[:split])
+
+        # Checks done: from here on the model changes.
+        if self._network is None:
+            self._build(tuple(xa.shape[1:]))
+        if seed is None:
+            seed = int(config.rng().integers(0, 2**63))
+        nthreads = config.get_num_threads()
+        network, n = self._network, xa.shape[0]
+        self.optimizer.configure(network, self._params.shape[0], self._params.dtype)
+        steps = -(-n // batch_size)
+        order = np.arange(n, dtype=np.int64)
+
+        history = History()
+        history.params = {"verbose": verbose, "epochs": epochs, "steps": steps}
+        all_callbacks = [history] + callbacks
+        for cb in all_callbacks:
+            if hasattr(cb, "set_model"):
+                cb.set_model(self)
+            else:
+                cb.model = self
+        self.history = history
+        self.stop_training = False
+        for cb in all_callbacks:
+            getattr(cb, "on_train_begin", lambda logs=None: None)({})
+        metric_names = list(self._metric_names)
+
+        with config.blas_threads(nthreads):
+            for epoch in range(initial_epoch, epochs):
+                for cb in all_callbacks:
+                    getattr(cb, "on_epoch_begin", lambda e, logs=None: None)(epoch, {})
+                epoch_seed = (seed + (epoch + 1) * 0x9E3779B97F4A7C15) & _MASK64
+                if shuffle:
+                    from ._kernels import shuffle as shuffle_rows
+                    shuffle_rows(order, epoch_seed)
+                progress = Progress(verbose, epoch, epochs, steps)
+                loss_sum, metric_sums = self._run_epoch(network, xa, ya, order, steps,
+                                                        batch_size, epoch_seed ^ 0x5DEECE66D,
+                                                        nthreads, progress, n, metric_names)
+                self.optimizer.iterations = network.iterations
+                logs = {"loss": loss_sum / n}
+                logs.update({name: s / n for name, s in zip(metric_names, metric_sums)})
+                if val is not None:
+                    vloss, vmetrics = self._evaluate_arrays(val[0], val[1], batch_size, nthreads)
+                    logs["val_loss"] = vloss
+                    logs.update({f"val_{name}": v for name, v in zip(metric_names, vmetrics)})
+                progress.end(logs)
+                for cb in all_callbacks:
+                    cb.on_epoch_end(epoch, dict(logs) if cb is not history else logs)
+                if self.stop_training:
+                    break
+        for cb in all_callbacks:
+            getattr(cb, "on_train_end", lambda logs=None: None)({})
+        return history
+
+    def _run_epoch(self, network, xa, ya, order, steps, batch_size, dropout_seed, nthreads,
+                   progress, n, metric_names):
+        """One epoch of compiled steps; with a progress bar, in chunks between redraws."""
+        if progress.verbose != 1:
+            return network.train(xa, ya, order, 0, steps, batch_size, dropout_seed, nthreads)
+        loss_sum, sums, done, chunk = 0.0, [0.0] * len(metric_names), 0, 1
+        while done < steps:
+            end = min(steps, done + chunk)
+            t0 = time.perf_counter()
+            chunk_loss, chunk_sums = network.train(xa, ya, order, done, end, batch_size,
+                                                   dropout_seed, nthreads)
+            elapsed = time.perf_counter() - t0
+            loss_sum += chunk_loss
+            sums = [a + b for a, b in zip(sums, chunk_sums)]
+            seen = min(end * batch_size, n)
+            done = end
+            logs = {"loss": loss_sum / seen}
+            logs.update({name: s / seen for name, s in zip(metric_names, sums)})
+            progress.update(done, logs)
+            if elapsed < progress.REFRESH / 4:  # too short to be worth a return to Python
+                chunk *= 2
+        return loss_sum, sums
+
+    # ---- inference ---------------------------------------------------------------------
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """The last layer's output for x, as an (n, outputs) array of the model's dtype."""
+        if batch_size is not None:
+            batch_size = check.integer(batch_size, "batch_size", 1)
+        xa = self._prepare_x(x)
+        if self._network is None:
+            self._build(tuple(xa.shape[1:]))
+        out = np.empty((xa.shape[0], self._network.out_dim), dtype=self.dtype)
+        nthreads = config.get_num_threads()
+        batch = batch_size or _PREDICT_BATCH
+        if xa.shape[0] * xa.shape[1] < 65536:  # too small for BLAS to use threads anyway
+            return self._network.predict(xa, out, batch, nthreads)
+        with config.blas_threads(nthreads):
+            return self._network.predict(xa, out, batch, nthreads)
+
+    def __call__(self, x):
+        return self.predict(x)
+
+    def _evaluate_arrays(self, xa, ya, batch_size, nthreads):
+        loss_sum, sums = self._network.evaluate(xa, ya, batch_size, nthreads)
+        n = xa.shape[0]
+        return loss_sum / n, [s / n for s in sums]
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose=0, return_dict=False):
+        """The loss (and metrics) on x, y: a float, a list [loss, *metrics], or a dict."""
+        self._require_compiled("evaluate")
+        batch_size = check.integer(32 if batch_size is None else batch_size, "batch_size", 1)
+        xa, ya = self._prepare_xy(x, y)
+        if self._network is None:
+            self._build(tuple(xa.shape[1:]))
+        nthreads = config.get_num_threads()
+        with config.blas_threads(nthreads):
+            loss, metrics = self._evaluate_arrays(xa, ya, batch_size, nthreads)
+        if verbose:
+            parts = [f"loss: {loss:.4f}"] + [f"{k}: {v:.4f}" for k, v in zip(self._metric_names, metrics)]
+            print(" - ".join(parts))
+        if return_dict:
+            return dict(zip(["loss"] + self._metric_names, [loss] + metrics))
+        return [loss] + metrics if metrics else loss
+
+    # ---- weights -----------------------------------------------------------------------
+
+    @property
+    def weights(self):
+        return [p for layer in self.layers for p in layer.params]
+
+    def get_weights(self):
+        """Copies of every parameter array, in Keras' order and shapes."""
+        return [np.array(p, dtype=self.dtype) for p in self.weights]
+
+    def set_weights(self, weights):
+        """Sets every parameter from a list in get_weights' order and shapes."""
+        current = self.weights
+        if not self.layers or (self._network is None and not all(l.built for l in self.layers)):
+            raise ValueError("weights: the model must be built (call build, fit or predict) first")
+        weights = list(weights)
+        if len(weights) != len(current):
+            raise ValueError(f"weights: expected a list of {len(current)} arrays, got {len(weights)}")
+        arrays = []
+        for i, (w, p) in enumerate(zip(weights, current)):
+            a = check.as_float_array(w, f"weights[{i}]", self.dtype)
+            if a.shape != p.shape:
+                raise ValueError(f"weights[{i}]: expected shape {p.shape}, got {a.shape}")
+            arrays.append(a)
+        for a, p in zip(arrays, current):
+            p[...] = a
+
+    # ---- display -----------------------------------------------------------------------
+
+    def summary(self, print_fn=None):
+        """Prints the layers, their output shapes and parameter counts (Keras' layout)."""
+        print_fn = print_fn or print
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        shape = self._input_shape
+        for layer in self.layers:
+            if shape is not None:
+                shape = layer.compute_output_shape(shape)
+                out = str((None,) + tuple(shape))
+                count = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+            else:
+                out, count = "?", "0 (unbuilt)"
+            rows.append((f"{layer.name} ({type(layer).__name__})", out, count))
+        widths = [max(31, max(len(r[0]) for r in rows) + 2), 24, 15]
+        def line(left, mid, right, fill):
+            return left + mid.join(fill * w for w in widths) + right
+        def cells(row, sep, head=False):
+            parts = [f" {row[0]:<{widths[0] - 2}} ", f" {row[1]:<{widths[1] - 2}} ",
+                     f" {row[2]:>{widths[2] - 2}} "]
+            return sep + sep.join(parts) + sep
+        out = [f'Model: "{self.name}"', line("┏", "┳", "┓", "━"), cells(rows[0], "┃", True),
+               line("┡", "╇", "┩", "━")]
+        for i, row in enumerate(rows[1:]):
+            out.append(cells(row, "│"))
+            out.append(line("├", "┼", "┤", "─") if i < len(rows) - 2 else line("└", "┴", "┘", "─"))
+        if len(rows) == 1:
+            out.append(line("└", "┴", "┘", "─"))
+        total = self.count_params()
+        nbytes = total * np.dtype(self.dtype).itemsize
+        size = f"{nbytes / 1024:.2f} KB" if nbytes >= 1024 else f"{nbytes:.2f} B"
+        out += [f" Total params: {total:,} ({size})", f" Trainable params: {total:,} ({size})",
+                " Non-trainable params: 0 (0.00 B)"]
+        for text in out:
+            print_fn(text)
+
+    def __repr__(self):
+        return f"<Sequential name={self.name!r} layers={len(self.layers)} dtype={self.dtype}>"
