@@ -372,3 +372,158 @@ def numeric_gradient(f, x, eps=1e-6):
         flat_x[i] = orig
         flat_g[i] = (up - down) / (2.0 * eps)
     return grad
+
+
+# ---------------------------------------------------------------------------
+# A small reference network: forward, loss, backward and one optimizer step
+# ---------------------------------------------------------------------------
+#
+# A network is a list of dense layers, each a tuple (W, b, activation) or
+# (W, b, activation, slope): W is (C, OC), b is (OC,) or None (no bias), the
+# activation a name from ACTIVATIONS and slope leaky_relu's negative slope
+# (0.01 when omitted).  Parameters are listed in Keras' get_weights() order:
+# W0, b0, W1, b1, ... (a layer without bias contributes only its W).
+
+LOSS_NAMES = ("binary_crossentropy", "mean_squared_error",
+              "sparse_categorical_crossentropy", "categorical_crossentropy")
+
+
+def _unpack_layer(layer):
+    w, b, act = layer[0], layer[1], _check_activation(layer[2])
+    slope = layer[3] if len(layer) > 3 else 0.01
+    return _f64(w), (None if b is None else _f64(b)), act, float(slope)
+
+
+def network_weights(layers):
+    """The parameters of a list of layers, in Keras' get_weights() order."""
+    out = []
+    for layer in layers:
+        w, b, _, _ = _unpack_layer(layer)
+        out.append(w)
+        if b is not None:
+            out.append(b)
+    return out
+
+
+def network_with_weights(layers, weights):
+    """The same layers (activations, slopes, bias or not) holding new weights given
+    in get_weights() order."""
+    weights, out, k = list(weights), [], 0
+    for layer in layers:
+        _, b, act, slope = _unpack_layer(layer)
+        w_new = _f64(weights[k])
+        k += 1
+        b_new = None
+        if b is not None:
+            b_new = _f64(weights[k])
+            k += 1
+        out.append((w_new, b_new, act, slope))
+    if k != len(weights):
+        raise ValueError(f"{len(weights)} weights for layers that hold {k}")
+    return out
+
+
+def network_forward(layers, x):
+    """Forward pass. Returns [(input, z, a) per layer]; the output is the last a."""
+    cache, a = [], _f64(x)
+    for layer in layers:
+        w, b, act, slope = _unpack_layer(layer)
+        z, a_next = dense_forward(a, w, b, act, slope)
+        cache.append((a, z, a_next))
+        a = a_next
+    return cache
+
+
+def _is_fused(loss, from_logits, last_activation):
+    """Whether fastnn folds the output activation into the loss: a sigmoid output with
+    binary cross-entropy, or a softmax output with a categorical cross-entropy, when the
+    loss takes probabilities. The loss is then taken from the logits z (same value, a
+    stable form) and the backward pass starts from dL/dz."""
+    if from_logits:
+        return False
+    if loss == "binary_crossentropy":
+        return last_activation == "sigmoid"
+    if loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        return last_activation == "softmax"
+    return False
+
+
+def loss_function(loss, pred, y, from_logits=False):
+    """(batch-mean loss, d loss / d pred) of the named loss."""
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSS_NAMES}")
+    if loss == "mean_squared_error":
+        return mean_squared_error(pred, y)
+    return globals()[loss](pred, y, from_logits=from_logits)
+
+
+def network_loss_and_grads(layers, x, y, loss, from_logits=False):
+    """(loss, [gradients in get_weights() order]) of the batch-mean loss on (x, y)."""
+    cache = network_forward(layers, x)
+    last_act = _unpack_layer(layers[-1])[2]
+    fused = _is_fused(loss, from_logits, last_act)
+    _, z_last, a_last = cache[-1]
+    if fused:  # the loss from the logits: its gradient is dL/dz of the last layer
+        value, d = loss_function(loss, z_last, y, from_logits=True)
+    else:
+        value, d = loss_function(loss, a_last, y, from_logits=from_logits)
+    grads = []
+    for i in range(len(layers) - 1, -1, -1):
+        w, b, act, slope = _unpack_layer(layers[i])
+        x_in, z, a = cache[i]
+        if fused and i == len(layers) - 1:
+            act = "linear"  # d already holds dL/dz
+        d, dw, db = dense_backward(d, x_in, w, z, a, act, slope)
+        grads.append([dw] if b is None else [dw, db])
+    return value, [g for layer_grads in reversed(grads) for g in layer_grads]
+
+
+def optimizer_step(weights, grads, optimizer, state=None):
+    """One optimizer step on every parameter. Returns (new weights, new state).
+
+    optimizer: a dict {"name": "sgd" | "adam" | "rmsprop", settings...} with Keras'
+    names and defaults (learning_rate, momentum, nesterov; beta_1, beta_2, epsilon; rho).
+    state: None before the first step, else what the previous step returned:
+    {"iterations": steps taken, "slots": [(slot1, slot2) per parameter]} (SGD: velocity;
+    Adam: m, v; RMSprop: v, momentum).
+    """
+    opt = dict(optimizer)
+    name = opt.pop("name")
+    if state is None:
+        state = {"iterations": 0,
+                 "slots": [(np.zeros_like(_f64(w)), np.zeros_like(_f64(w))) for w in weights]}
+    t = state["iterations"] + 1
+    new_weights, new_slots = [], []
+    for w, g, (s1, s2) in zip(weights, grads, state["slots"]):
+        if name == "sgd":
+            w, s1 = sgd_update(w, g, s1, lr=opt.get("learning_rate", 0.01),
+                               momentum=opt.get("momentum", 0.0),
+                               nesterov=opt.get("nesterov", False))
+        elif name == "adam":
+            w, s1, s2 = adam_update(w, g, s1, s2, t, lr=opt.get("learning_rate", 0.001),
+                                    beta1=opt.get("beta_1", 0.9), beta2=opt.get("beta_2", 0.999),
+                                    eps=opt.get("epsilon", 1e-7))
+        elif name == "rmsprop":
+            w, s1, s2 = rmsprop_update(w, g, s1, s2, lr=opt.get("learning_rate", 0.001),
+                                       rho=opt.get("rho", 0.9), momentum=opt.get("momentum", 0.0),
+                                       eps=opt.get("epsilon", 1e-7))
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; expected sgd, adam or rmsprop")
+        new_weights.append(w)
+        new_slots.append((s1, s2))
+    return new_weights, {"iterations": t, "slots": new_slots}
+
+
+def reference_train_step(layers, x, y, loss, from_logits=False, optimizer=None, state=None):
+    """One full-batch training step, as fastnn's compiled Network takes it.
+
+    Forward through the dense layers, the loss (fused into its logits form for a
+    sigmoid/softmax output, as fastnn does), backward with dense_backward, then one
+    optimizer step (see optimizer_step; default {"name": "sgd"}).
+    Returns (new layers, new optimizer state, the loss before the step).
+    """
+    if optimizer is None:
+        optimizer = {"name": "sgd"}
+    value, grads = network_loss_and_grads(layers, x, y, loss, from_logits)
+    weights, state = optimizer_step(network_weights(layers), grads, optimizer, state)
+    return network_with_weights(layers, weights), state, value

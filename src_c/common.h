@@ -32,6 +32,16 @@ typedef void (*dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k,
                          double *alpha, double *a, int *lda, double *b, int *ldb,
                          double *beta, double *c, int *ldc);
 
+/* Hot elementwise kernels are compiled for AVX-512, AVX2 and baseline x86-64, and the
+ * loader picks the best the CPU has (GCC function multiversioning), so a wheel built
+ * without -march=native still runs at full width on new CPUs and runs at all on old ones. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTNN_NO_CLONES)
+#define FASTNN_VECTORIZED __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTNN_VECTORIZED
+#endif
+
 /* Element counts below this run on one thread: an OpenMP fork/join costs a few
  * microseconds, which only pays off once a pass touches this many elements. */
 #define FASTNN_PARALLEL_MIN 32768

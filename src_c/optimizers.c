@@ -21,6 +21,62 @@ double adam_corrected_rate(double lr, double beta1, double beta2, long long t)
 #undef FASTNN_TEMPLATE
 #else
 
+/* The updates of elements [i0, i1), on the calling thread. */
+FASTNN_VECTORIZED
+static void FN(sgd_range)(real *w, const real *g, real *velocity, ptrdiff_t i0, ptrdiff_t i1,
+                          real lr, real momentum, int nesterov)
+{
+    if (momentum == 0) {
+        for (ptrdiff_t i = i0; i < i1; i++) w[i] -= lr * g[i];
+    } else if (nesterov) {
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            real vel = momentum * velocity[i] - lr * g[i];
+            velocity[i] = vel;
+            w[i] += momentum * vel - lr * g[i];
+        }
+    } else {
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            real vel = momentum * velocity[i] - lr * g[i];
+            velocity[i] = vel;
+            w[i] += vel;
+        }
+    }
+}
+
+FASTNN_VECTORIZED
+static void FN(adam_range)(real *w, const real *g, real *m, real *v, ptrdiff_t i0,
+                           ptrdiff_t i1, real lr_t, real beta1, real beta2, real eps)
+{
+    real one_minus_b1 = (real)1 - beta1, one_minus_b2 = (real)1 - beta2;
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        real gi = g[i];
+        real mi = m[i] + (gi - m[i]) * one_minus_b1;
+        real vi = v[i] + (gi * gi - v[i]) * one_minus_b2;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] -= lr_t * mi / (SQRT(vi) + eps);
+    }
+}
+
+FASTNN_VECTORIZED
+static void FN(rmsprop_range)(real *w, const real *g, real *v, real *mom, ptrdiff_t i0,
+                              ptrdiff_t i1, real lr, real rho, real momentum, real eps)
+{
+    real one_minus_rho = (real)1 - rho;
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        real gi = g[i];
+        real vi = rho * v[i] + one_minus_rho * gi * gi;
+        v[i] = vi;
+        real inc = lr * gi / SQRT(vi + eps);
+        if (momentum > 0) {
+            mom[i] = momentum * mom[i] + inc;
+            w[i] -= mom[i];
+        } else {
+            w[i] -= inc;
+        }
+    }
+}
+
 void FN(sgd_update)(real *w, const real *g, real *velocity, ptrdiff_t n, real lr,
                     real momentum, int nesterov, int nthreads)
 {
@@ -30,21 +86,7 @@ void FN(sgd_update)(real *w, const real *g, real *velocity, ptrdiff_t n, real lr
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
         fastnn_thread_range(n, &i0, &i1);
-        if (momentum == 0) {
-            for (ptrdiff_t i = i0; i < i1; i++) w[i] -= lr * g[i];
-        } else if (nesterov) {
-            for (ptrdiff_t i = i0; i < i1; i++) {
-                real vel = momentum * velocity[i] - lr * g[i];
-                velocity[i] = vel;
-                w[i] += momentum * vel - lr * g[i];
-            }
-        } else {
-            for (ptrdiff_t i = i0; i < i1; i++) {
-                real vel = momentum * velocity[i] - lr * g[i];
-                velocity[i] = vel;
-                w[i] += vel;
-            }
-        }
+        FN(sgd_range)(w, g, velocity, i0, i1, lr, momentum, nesterov);
         fastnn_ftz_leave(csr);
     }
 }
@@ -53,20 +95,12 @@ void FN(adam_update)(real *w, const real *g, real *m, real *v, ptrdiff_t n, real
                      real beta1, real beta2, real eps, int nthreads)
 {
     int nt = fastnn_threads_for(n, nthreads);
-    real one_minus_b1 = (real)1 - beta1, one_minus_b2 = (real)1 - beta2;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
         fastnn_thread_range(n, &i0, &i1);
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            real gi = g[i];
-            real mi = m[i] + (gi - m[i]) * one_minus_b1;
-            real vi = v[i] + (gi * gi - v[i]) * one_minus_b2;
-            m[i] = mi;
-            v[i] = vi;
-            w[i] -= lr_t * mi / (SQRT(vi) + eps);
-        }
+        FN(adam_range)(w, g, m, v, i0, i1, lr_t, beta1, beta2, eps);
         fastnn_ftz_leave(csr);
     }
 }
@@ -75,24 +109,12 @@ void FN(rmsprop_update)(real *w, const real *g, real *v, real *mom, ptrdiff_t n,
                         real rho, real momentum, real eps, int nthreads)
 {
     int nt = fastnn_threads_for(n, nthreads);
-    real one_minus_rho = (real)1 - rho;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
         fastnn_thread_range(n, &i0, &i1);
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            real gi = g[i];
-            real vi = rho * v[i] + one_minus_rho * gi * gi;
-            v[i] = vi;
-            real inc = lr * gi / SQRT(vi + eps);
-            if (momentum > 0) {
-                mom[i] = momentum * mom[i] + inc;
-                w[i] -= mom[i];
-            } else {
-                w[i] -= inc;
-            }
-        }
+        FN(rmsprop_range)(w, g, v, mom, i0, i1, lr, rho, momentum, eps);
         fastnn_ftz_leave(csr);
     }
 }
