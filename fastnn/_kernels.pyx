@@ -8,7 +8,7 @@ check shapes that would make C read out of bounds.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -52,8 +52,24 @@ cdef extern from "optimizers.h" nogil:
     void rmsprop_update_f64(double *w, const double *g, double *v, double *mom, ptrdiff_t n, double lr, double rho, double momentum, double eps, int nthreads)
     double adam_corrected_rate(double lr, double beta1, double beta2, long long t)
 
+cdef extern from "conv1d.h" nogil:
+    void conv1d_forward_f32(float *z, float *a, float *cols, const float *x, const float *w, const float *b, int B, int L, int C, int Lout, int F, int K, int stride, int pad_left, int act, float slope, sgemm_fn gemm, int nthreads)
+    void conv1d_forward_f64(double *z, double *a, double *cols, const double *x, const double *w, const double *b, int B, int L, int C, int Lout, int F, int K, int stride, int pad_left, int act, double slope, dgemm_fn gemm, int nthreads)
+    void conv1d_backward_f32(float *dx, float *dw, float *db, float *dout, float *cols, float *dcols, const float *z, const float *a, const float *w, int B, int L, int C, int Lout, int F, int K, int stride, int pad_left, int act, float slope, sgemm_fn gemm, int nthreads)
+    void conv1d_backward_f64(double *dx, double *dw, double *db, double *dout, double *cols, double *dcols, const double *z, const double *a, const double *w, int B, int L, int C, int Lout, int F, int K, int stride, int pad_left, int act, double slope, dgemm_fn gemm, int nthreads)
+    void conv1d_im2col_f32(float *cols, const float *x, int B, int L, int C, int Lout, int K, int stride, int pad_left, int nthreads)
+    void conv1d_im2col_f64(double *cols, const double *x, int B, int L, int C, int Lout, int K, int stride, int pad_left, int nthreads)
+    void maxpool1d_forward_f32(float *out, int32_t *argmax, const float *x, int B, int L, int C, int Lout, int pool, int stride, int pad_left, int nthreads)
+    void maxpool1d_forward_f64(double *out, int32_t *argmax, const double *x, int B, int L, int C, int Lout, int pool, int stride, int pad_left, int nthreads)
+    void maxpool1d_backward_f32(float *dx, const float *dout, const int32_t *argmax, int B, int L, int C, int Lout, int nthreads)
+    void maxpool1d_backward_f64(double *dx, const double *dout, const int32_t *argmax, int B, int L, int C, int Lout, int nthreads)
+    void global_avgpool1d_forward_f32(float *out, const float *x, int B, int L, int C, int nthreads)
+    void global_avgpool1d_forward_f64(double *out, const double *x, int B, int L, int C, int nthreads)
+    void global_avgpool1d_backward_f32(float *dx, const float *dout, int B, int L, int C, int nthreads)
+    void global_avgpool1d_backward_f64(double *dx, const double *dout, int B, int L, int C, int nthreads)
+
 cdef extern from "network.h" nogil:
-    int LAYER_DENSE, LAYER_ACTIVATION, LAYER_DROPOUT
+    int LAYER_DENSE, LAYER_ACTIVATION, LAYER_DROPOUT, LAYER_CONV1D, LAYER_MAXPOOL1D, LAYER_GLOBAL_AVGPOOL1D
     int OPT_SGD, OPT_ADAM, OPT_RMSPROP
     int NN_MAX_METRICS
     ctypedef struct nn_layer:
@@ -62,6 +78,8 @@ cdef extern from "network.h" nogil:
         int act
         double slope
         double rate
+        int steps_in, channels_in, steps_out
+        int kernel, stride, pad_left
         void *w
         void *b
         void *dw
@@ -111,7 +129,9 @@ METRICS = {"binary_accuracy": METRIC_BINARY_ACCURACY,
            "categorical_accuracy": METRIC_CATEGORICAL_ACCURACY,
            "mean_absolute_error": METRIC_MEAN_ABSOLUTE_ERROR,
            "mean_squared_error": METRIC_MEAN_SQUARED_ERROR}
-LAYER_KINDS = {"dense": LAYER_DENSE, "activation": LAYER_ACTIVATION, "dropout": LAYER_DROPOUT}
+LAYER_KINDS = {"dense": LAYER_DENSE, "activation": LAYER_ACTIVATION, "dropout": LAYER_DROPOUT,
+               "conv1d": LAYER_CONV1D, "maxpool1d": LAYER_MAXPOOL1D,
+               "global_avgpool1d": LAYER_GLOBAL_AVGPOOL1D}
 OPTIMIZERS = {"sgd": OPT_SGD, "adam": OPT_ADAM, "rmsprop": OPT_RMSPROP}
 MAX_METRICS = NN_MAX_METRICS
 
@@ -301,6 +321,150 @@ def shuffle(int64_t[::1] order, uint64_t seed):
     """order = a permutation of range(len(order)) drawn from seed."""
     with nogil:
         network_shuffle(&order[0] if order.shape[0] else NULL, order.shape[0], seed)
+
+
+def conv1d_forward(real[:, :, ::1] x, real[:, :, ::1] w, b, int stride, int pad_left,
+                   int steps_out, int act, double slope=0.01, int nthreads=1):
+    """(z, a) of shape (B, steps_out, F) for x (B, L, C) and kernel w (K, C, F)."""
+    cdef int B = x.shape[0], L = x.shape[1], C = x.shape[2]
+    cdef int K = w.shape[0], F = w.shape[2]
+    _conv_check(L, C, K, w.shape[1], stride, pad_left, steps_out)
+    dtype = np.asarray(x).dtype
+    z_arr = np.zeros((B, steps_out, F), dtype=dtype)
+    a_arr = np.zeros((B, steps_out, F), dtype=dtype)
+    cols_arr = np.zeros((B * steps_out, K * C), dtype=dtype)
+    cdef real[::1] bias
+    cdef real *bp = NULL
+    if b is not None:
+        bias = np.ascontiguousarray(b, dtype=dtype)
+        _dims("b", np.asarray(bias), (F,))
+        bp = &bias[0]
+    if B == 0:
+        return z_arr, a_arr
+    cdef real[:, :, ::1] z = z_arr, a = a_arr
+    cdef real[:, ::1] cols = cols_arr
+    with nogil:
+        if real is float:
+            conv1d_forward_f32(&z[0, 0, 0], &a[0, 0, 0], &cols[0, 0], &x[0, 0, 0], &w[0, 0, 0], bp, B, L, C, steps_out, F, K, stride, pad_left, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+        else:
+            conv1d_forward_f64(&z[0, 0, 0], &a[0, 0, 0], &cols[0, 0], &x[0, 0, 0], &w[0, 0, 0], bp, B, L, C, steps_out, F, K, stride, pad_left, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+    return z_arr, a_arr
+
+
+def _conv_check(int L, int C, int K, int wC, int stride, int pad_left, int steps_out):
+    if wC != C:
+        raise ValueError(f"w: expected {C} input channels, got {wC}")
+    if K < 1 or stride < 1 or pad_left < 0 or steps_out < 1:
+        raise ValueError("kernel size, stride and steps_out must be positive, pad_left >= 0")
+    if (steps_out - 1) * stride - pad_left >= L or pad_left >= K:
+        raise ValueError("steps_out/pad_left do not fit the input length")
+
+
+def conv1d_backward(real[:, :, ::1] da, real[:, :, ::1] z, real[:, :, ::1] a,
+                    real[:, :, ::1] x, real[:, :, ::1] w, int stride, int pad_left, int act,
+                    double slope=0.01, bint need_dx=True, bint has_bias=True, int nthreads=1):
+    """(dx, dw, db) for dL/da of shape (B, steps_out, F)."""
+    cdef int B = x.shape[0], L = x.shape[1], C = x.shape[2]
+    cdef int K = w.shape[0], F = w.shape[2], Lout = da.shape[1]
+    _conv_check(L, C, K, w.shape[1], stride, pad_left, Lout)
+    for name, arr in (("da", da), ("z", z), ("a", a)):
+        _dims(name, np.asarray(arr), (B, Lout, F))
+    dtype = np.asarray(x).dtype
+    dout_arr = np.array(da, dtype=dtype, copy=True)
+    dw_arr = np.zeros((K, C, F), dtype=dtype)
+    db_arr = np.zeros(F, dtype=dtype) if has_bias else None
+    dx_arr = np.zeros((B, L, C), dtype=dtype) if need_dx else None
+    cols_arr = np.zeros((B * Lout, K * C), dtype=dtype)
+    if B == 0:
+        return dx_arr, dw_arr, db_arr
+    cdef real[:, :, ::1] dout = dout_arr, dw = dw_arr, dx
+    cdef real[:, ::1] cols = cols_arr
+    cdef real[::1] db
+    cdef real *dxp = NULL
+    cdef real *dbp = NULL
+    if need_dx:
+        dx = dx_arr
+        dxp = &dx[0, 0, 0]
+    if has_bias:
+        db = db_arr
+        dbp = &db[0]
+    with nogil:
+        if real is float:
+            conv1d_im2col_f32(&cols[0, 0], &x[0, 0, 0], B, L, C, Lout, K, stride, pad_left, nthreads)
+            conv1d_backward_f32(dxp, &dw[0, 0, 0], dbp, &dout[0, 0, 0], &cols[0, 0], &cols[0, 0], &z[0, 0, 0], &a[0, 0, 0], &w[0, 0, 0], B, L, C, Lout, F, K, stride, pad_left, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+        else:
+            conv1d_im2col_f64(&cols[0, 0], &x[0, 0, 0], B, L, C, Lout, K, stride, pad_left, nthreads)
+            conv1d_backward_f64(dxp, &dw[0, 0, 0], dbp, &dout[0, 0, 0], &cols[0, 0], &cols[0, 0], &z[0, 0, 0], &a[0, 0, 0], &w[0, 0, 0], B, L, C, Lout, F, K, stride, pad_left, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+    return dx_arr, dw_arr, db_arr
+
+
+def maxpool1d_forward(real[:, :, ::1] x, int pool, int stride, int pad_left, int steps_out,
+                      int nthreads=1):
+    """(out, argmax) of shape (B, steps_out, C); argmax holds input steps (int32)."""
+    cdef int B = x.shape[0], L = x.shape[1], C = x.shape[2]
+    if pool < 1 or stride < 1 or pad_left < 0 or pad_left >= pool or steps_out < 1 \
+            or (steps_out - 1) * stride - pad_left >= L:
+        raise ValueError("pool/stride/pad_left/steps_out do not fit the input")
+    out_arr = np.zeros((B, steps_out, C), dtype=np.asarray(x).dtype)
+    arg_arr = np.zeros((B, steps_out, C), dtype=np.int32)
+    if B * C == 0:
+        return out_arr, arg_arr
+    cdef real[:, :, ::1] out = out_arr
+    cdef int32_t[:, :, ::1] arg = arg_arr
+    with nogil:
+        if real is float:
+            maxpool1d_forward_f32(&out[0, 0, 0], &arg[0, 0, 0], &x[0, 0, 0], B, L, C, steps_out, pool, stride, pad_left, nthreads)
+        else:
+            maxpool1d_forward_f64(&out[0, 0, 0], &arg[0, 0, 0], &x[0, 0, 0], B, L, C, steps_out, pool, stride, pad_left, nthreads)
+    return out_arr, arg_arr
+
+
+def maxpool1d_backward(real[:, :, ::1] dout, int32_t[:, :, ::1] argmax, int steps_in,
+                       int nthreads=1):
+    """dx of shape (B, steps_in, C)."""
+    cdef int B = dout.shape[0], Lout = dout.shape[1], C = dout.shape[2]
+    _dims("argmax", np.asarray(argmax), (B, Lout, C))
+    arr = np.asarray(argmax)
+    if arr.size and (arr.min() < 0 or arr.max() >= steps_in):
+        raise ValueError("argmax: steps outside the input")
+    dx_arr = np.zeros((B, steps_in, C), dtype=np.asarray(dout).dtype)
+    if B * C * Lout == 0:
+        return dx_arr
+    cdef real[:, :, ::1] dx = dx_arr
+    with nogil:
+        if real is float:
+            maxpool1d_backward_f32(&dx[0, 0, 0], &dout[0, 0, 0], &argmax[0, 0, 0], B, steps_in, C, Lout, nthreads)
+        else:
+            maxpool1d_backward_f64(&dx[0, 0, 0], &dout[0, 0, 0], &argmax[0, 0, 0], B, steps_in, C, Lout, nthreads)
+    return dx_arr
+
+
+def global_avgpool1d_forward(real[:, :, ::1] x, int nthreads=1):
+    cdef int B = x.shape[0], L = x.shape[1], C = x.shape[2]
+    out_arr = np.zeros((B, C), dtype=np.asarray(x).dtype)
+    if B * L * C == 0:
+        return out_arr
+    cdef real[:, ::1] out = out_arr
+    with nogil:
+        if real is float:
+            global_avgpool1d_forward_f32(&out[0, 0], &x[0, 0, 0], B, L, C, nthreads)
+        else:
+            global_avgpool1d_forward_f64(&out[0, 0], &x[0, 0, 0], B, L, C, nthreads)
+    return out_arr
+
+
+def global_avgpool1d_backward(real[:, ::1] dout, int steps_in, int nthreads=1):
+    cdef int B = dout.shape[0], C = dout.shape[1]
+    dx_arr = np.zeros((B, steps_in, C), dtype=np.asarray(dout).dtype)
+    if B * C * steps_in == 0:
+        return dx_arr
+    cdef real[:, :, ::1] dx = dx_arr
+    with nogil:
+        if real is float:
+            global_avgpool1d_backward_f32(&dx[0, 0, 0], &dout[0, 0], B, steps_in, C, nthreads)
+        else:
+            global_avgpool1d_backward_f64(&dx[0, 0, 0], &dout[0, 0], B, steps_in, C, nthreads)
+    return dx_arr
 
 
 include "_network.pxi"

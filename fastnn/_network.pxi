@@ -52,6 +52,9 @@ cdef class Network:
             L.kind = LAYER_KINDS[s["kind"]]
             L.in_dim, L.out_dim = s["in_dim"], s["out_dim"]
             L.act, L.slope, L.rate = s["act"], s["slope"], s["rate"]
+            L.steps_in, L.channels_in = s.get("steps_in", 1), s.get("channels_in", s["in_dim"])
+            L.steps_out = s.get("steps_out", 1)
+            L.kernel, L.stride, L.pad_left = s.get("kernel", 1), s.get("stride", 1), s.get("pad_left", 0)
             L.w = L.dw = L.b = L.db = NULL
             if s.get("w") is not None:
                 offset = s["w"]

@@ -34,6 +34,26 @@ def as_float_array(value, name, dtype):
     return out
 
 
+def samples(x, name, dtype, sample_shape=None, rank=None):
+    """x as an (n, *sample_shape) array. rank is the per-sample rank the model's first
+    layer needs (1: features, 2: steps x channels); an (n, steps) array fed to a model
+    that needs (steps, channels) is read as one channel."""
+    out = as_float_array(x, name, dtype)
+    if rank == 2 and out.ndim == 2:
+        out = out.reshape(out.shape + (1,))
+    if out.ndim < 2:
+        raise ValueError(f"{name}: expected a batch of samples, shape (samples, features) or "
+                         f"(samples, steps, channels), got shape {out.shape}")
+    if sample_shape is not None and out.shape[1:] != tuple(sample_shape):
+        raise ValueError(f"{name}: expected samples of shape {tuple(sample_shape)} (the model's "
+                         f"input), got shape {out.shape}")
+    if sample_shape is None and rank is not None and out.ndim - 1 != rank:
+        want = "(samples, features)" if rank == 1 else "(samples, steps, channels)"
+        raise ValueError(f"{name}: expected shape {want} for the model's first layer, "
+                         f"got shape {out.shape}")
+    return out
+
+
 def features(x, name, dtype, width=None):
     """x as an (n, width) array for a Dense input."""
     out = as_float_array(x, name, dtype)
@@ -46,10 +66,19 @@ def features(x, name, dtype, width=None):
     return out
 
 
-def targets(y, name, dtype, loss_name, width, n):
+def targets(y, name, dtype, loss_name, width, n, output_shape=None):
     """y as the (n, y_width) array the loss kernel reads: class ids (n, 1) for the sparse
-    loss, else (n, width)."""
+    loss, else (n, width). output_shape: the model's per-sample output shape when it has
+    more than one axis (y may then come in that shape)."""
     out = as_float_array(y, name, dtype)
+    if out.ndim == 0 or out.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} samples (as many as x), got shape {out.shape}")
+    if output_shape is not None and len(output_shape) > 1:
+        if loss_name not in ("mean_squared_error", "binary_crossentropy"):
+            raise ValueError(f"loss: {loss_name} needs outputs of shape (samples, classes); the "
+                             f"model outputs {tuple(output_shape)} per sample (add Flatten/Dense)")
+        if out.shape[1:] == tuple(output_shape):
+            out = out.reshape(n, width)
     if out.shape[0] != n:
         raise ValueError(f"{name}: expected {n} samples (as many as x), got shape {out.shape}")
     if loss_name == "sparse_categorical_crossentropy":

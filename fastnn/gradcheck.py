@@ -11,11 +11,10 @@ def gradcheck(model, x, y, eps=None, max_params=None, seed=0):
     every parameter (or max_params sampled ones). Runs on a float64 copy of the model's
     network (dropout off); the model itself is untouched."""
     model._require_compiled("gradcheck")
-    xa = check.features(x, "x", np.float64, model._input_shape[0] if model.built else None)
+    xa, ya, sample_shape = model._prepare_xy(x, y)
     if not model.built:
-        model._build(tuple(xa.shape[1:]))
-    width = model._network.out_dim
-    ya = check.targets(y, "y", np.float64, model.loss.name, width, xa.shape[0])
+        model._build(sample_shape)
+    xa, ya = xa.astype(np.float64), ya.astype(np.float64)
     if max_params is not None:
         max_params = check.integer(max_params, "max_params", 1)
     eps = 1e-6 if eps is None else float(eps)

@@ -5,6 +5,7 @@ A layer describes itself to the compiled network through `spec()`; it computes n
 Python.
 """
 import math
+import re
 
 import numpy as np
 
@@ -97,13 +98,21 @@ def _initializer(identifier, name):
 
 # ---- layers -----------------------------------------------------------------------------
 
+def _snake_case(name):
+    """Keras' default layer names: MaxPooling1D -> max_pooling1d."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
 class Layer:
     """Base class: a name, an input/output shape once built, and its parameters."""
+
+    input_rank = None  # per-sample rank the layer needs as a first layer (None: any)
 
     _counts = {}
 
     def __init__(self, name=None):
-        kind = type(self).__name__.lower()
+        kind = _snake_case(type(self).__name__)
         Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
         self.name = name or (kind if Layer._counts[kind] == 1 else f"{kind}_{Layer._counts[kind] - 1}")
         self.input_shape = None
@@ -157,6 +166,8 @@ class Input(Layer):
 class Dense(Layer):
     """z = x @ kernel + bias, output activation(z). kernel is (in, units)."""
 
+    input_rank = 1
+
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None,
                  input_shape=None, input_dim=None):
@@ -196,10 +207,13 @@ class Activation(Layer):
         super().__init__(name)
 
     def spec(self, offsets):
+        # Softmax normalizes over the last axis: rows are (sample, step) pairs.
         width = math.prod(self.input_shape)
+        channels = self.input_shape[-1]
         return {"kind": "activation", "in_dim": width, "out_dim": width,
                 "act": ACTIVATIONS[self.activation], "slope": self.negative_slope,
-                "rate": 0.0, "w": None, "b": None}
+                "rate": 0.0, "w": None, "b": None,
+                "steps_in": width // channels, "channels_in": channels}
 
 
 class LeakyReLU(Activation):
@@ -228,3 +242,126 @@ class Dropout(Layer):
         width = math.prod(self.input_shape)
         return {"kind": "dropout", "in_dim": width, "out_dim": width, "act": 0,
                 "slope": 0.0, "rate": self.rate, "w": None, "b": None}
+
+
+# ---- 1-D layers (channels-last: per-sample shape (steps, channels)) ---------------------
+
+def _padding(value, name="padding"):
+    if not isinstance(value, str) or value.lower() not in ("valid", "same"):
+        raise ValueError(f"{name}: expected 'valid' or 'same', got {value!r}")
+    return value.lower()
+
+
+def _window_arithmetic(length, window, stride, padding, what):
+    """Keras' output length and left padding for a window sliding over `length` steps."""
+    if padding == "valid":
+        if length < window:
+            raise ValueError(f"{what}: input length {length} is shorter than the window "
+                             f"{window} with padding='valid'")
+        return (length - window) // stride + 1, 0
+    steps_out = -(-length // stride)
+    total = max((steps_out - 1) * stride + window - length, 0)
+    return steps_out, total // 2
+
+
+def _steps_channels(input_shape, what):
+    if len(input_shape) != 2:
+        raise ValueError(f"{what}: expects inputs of shape (batch, steps, channels), got "
+                         f"per-sample shape {input_shape}")
+    return input_shape
+
+
+class Conv1D(Layer):
+    """1-D convolution over steps, channels-last. Kernel (kernel_size, in_channels, filters)."""
+
+    input_rank = 2
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 name=None, input_shape=None):
+        self.filters = _positive_int(filters, "filters")
+        self.kernel_size = _positive_int(kernel_size[0] if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 1 else kernel_size, "kernel_size")
+        self.strides = _positive_int(strides[0] if isinstance(strides, (tuple, list)) and len(strides) == 1 else strides, "strides")
+        self.padding = _padding(padding)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = _initializer(bias_initializer, "bias_initializer")
+        super().__init__(name)
+        self.declared_input_shape = None if input_shape is None else _shape_tuple(input_shape, "input_shape")
+
+    def _geometry(self, input_shape):
+        steps, channels = _steps_channels(input_shape, self.name)
+        steps_out, pad_left = _window_arithmetic(steps, self.kernel_size, self.strides,
+                                                 self.padding, self.name)
+        return steps, channels, steps_out, pad_left
+
+    def compute_output_shape(self, input_shape):
+        return (self._geometry(input_shape)[2], self.filters)
+
+    def _initial_params(self, input_shape):
+        rng = config.rng()
+        kernel = self.kernel_initializer((self.kernel_size, input_shape[1], self.filters), rng)
+        return [kernel, self.bias_initializer((self.filters,), rng)] if self.use_bias else [kernel]
+
+    def spec(self, offsets):
+        steps, channels, steps_out, pad_left = self._geometry(self.input_shape)
+        return {"kind": "conv1d", "in_dim": steps * channels, "out_dim": steps_out * self.filters,
+                "act": ACTIVATIONS[self.activation], "slope": activations.DEFAULT_LEAKY_SLOPE,
+                "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None,
+                "steps_in": steps, "channels_in": channels, "steps_out": steps_out,
+                "kernel": self.kernel_size, "stride": self.strides, "pad_left": pad_left}
+
+
+class MaxPooling1D(Layer):
+    """Maximum over windows of pool_size steps, moved by strides (default pool_size)."""
+
+    input_rank = 2
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
+        self.pool_size = _positive_int(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _positive_int(strides, "strides")
+        self.padding = _padding(padding)
+        super().__init__(name)
+
+    def _geometry(self, input_shape):
+        steps, channels = _steps_channels(input_shape, self.name)
+        steps_out, pad_left = _window_arithmetic(steps, self.pool_size, self.strides,
+                                                 self.padding, self.name)
+        return steps, channels, steps_out, pad_left
+
+    def compute_output_shape(self, input_shape):
+        return (self._geometry(input_shape)[2], input_shape[1])
+
+    def spec(self, offsets):
+        steps, channels, steps_out, pad_left = self._geometry(self.input_shape)
+        return {"kind": "maxpool1d", "in_dim": steps * channels, "out_dim": steps_out * channels,
+                "act": 0, "slope": 0.0, "rate": 0.0, "w": None, "b": None,
+                "steps_in": steps, "channels_in": channels, "steps_out": steps_out,
+                "kernel": self.pool_size, "stride": self.strides, "pad_left": pad_left}
+
+
+class GlobalAveragePooling1D(Layer):
+    """The mean over steps, per channel: (steps, channels) -> (channels,)."""
+
+    input_rank = 2
+
+    def compute_output_shape(self, input_shape):
+        return (_steps_channels(input_shape, self.name)[1],)
+
+    def spec(self, offsets):
+        steps, channels = self.input_shape
+        return {"kind": "global_avgpool1d", "in_dim": steps * channels, "out_dim": channels,
+                "act": 0, "slope": 0.0, "rate": 0.0, "w": None, "b": None,
+                "steps_in": steps, "channels_in": channels, "steps_out": 1}
+
+
+class Flatten(Layer):
+    """(steps, channels) -> (steps * channels,). A view: a sample's features are already
+    contiguous, so the compiled network has no layer for it."""
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def spec(self, offsets):
+        return None

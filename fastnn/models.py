@@ -90,12 +90,23 @@ class Sequential:
             return self._input_shape
         return getattr(self.layers[0], "declared_input_shape", None) if self.layers else None
 
-    @staticmethod
-    def _per_sample(input_shape):
+    def _input_rank(self):
+        """Per-sample rank the first layer needs: 1 (features), 2 (steps, channels) or None."""
+        for layer in self.layers:
+            if layer.input_rank is not None:
+                return layer.input_rank
+            if layer.count_params() or type(layer).__name__ == "Flatten":
+                break
+        return None
+
+    def _per_sample(self, input_shape):
+        """input_shape without its batch axis: a leading None, or one axis more than the
+        first layer takes ((None, 400) and (400,) mean the same)."""
         shape = tuple(input_shape)
+        rank = self._input_rank()
         if len(shape) >= 1 and shape[0] is None:
             shape = shape[1:]
-        elif len(shape) == 2:  # (batch, features) for Dense inputs
+        elif rank is not None and len(shape) == rank + 1:
             shape = shape[1:]
         return shape
 
@@ -144,7 +155,13 @@ class Sequential:
                 views.append(view)
                 offset += size
             layer.params = views
-            specs.append(layer.spec(offsets))
+            spec = layer.spec(offsets)
+            if spec is not None:  # Flatten is a view: no compiled layer
+                specs.append(spec)
+        if not specs:  # only views (e.g. a lone Flatten): copy the input through
+            width = math.prod(input_shape)
+            specs.append({"kind": "activation", "in_dim": width, "out_dim": width, "act": 0,
+                          "slope": 0.0, "rate": 0.0, "w": None, "b": None})
         self._input_shape = input_shape
         self._params, self._grads = params, grads
         self._specs = specs
@@ -189,7 +206,7 @@ class Sequential:
             self._configure_loss()
 
     def _metric_kernels(self):
-        out_width = self._specs[-1]["out_dim"] if self._network is not None else 1
+        out_width = self._output_shape_for(self._input_shape)[-1] if self._network is not None else 1
         codes = []
         for name in self._metric_names:
             kernel = _resolve_metric(name, self.loss)
@@ -227,22 +244,23 @@ class Sequential:
     # ---- data --------------------------------------------------------------------------
 
     def _prepare_x(self, x, name="x"):
-        """x checked and converted; builds the model from it when needed (after checks)."""
+        """x checked and converted to the (n, features) layout the compiled network reads
+        (a sample's steps x channels are contiguous, so this is a free reshape). Checks
+        that the model can be built from it, without building."""
         if self._network is not None:
-            return check.features(x, name, self.dtype, self._input_shape[0])
-        declared = self._declared_input_shape()
-        arr = check.features(x, name, self.dtype, declared[0] if declared else None)
-        self._output_shape_for(arr.shape[1:])
-        return arr
-
-    def _out_width(self, input_shape):
-        return math.prod(self._output_shape_for(input_shape))
+            arr = check.samples(x, name, self.dtype, self._input_shape, self._input_rank())
+        else:
+            arr = check.samples(x, name, self.dtype, self._declared_input_shape(),
+                                self._input_rank())
+            self._output_shape_for(arr.shape[1:])
+        return arr.reshape(arr.shape[0], -1), tuple(arr.shape[1:])
 
     def _prepare_xy(self, x, y, xname="x", yname="y"):
-        xa = self._prepare_x(x, xname)
-        width = self._out_width(xa.shape[1:])
-        ya = check.targets(y, yname, self.dtype, self.loss.name, width, xa.shape[0])
-        return xa, ya
+        xa, sample_shape = self._prepare_x(x, xname)
+        out_shape = self._output_shape_for(sample_shape)
+        ya = check.targets(y, yname, self.dtype, self.loss.name, math.prod(out_shape),
+                           xa.shape[0], out_shape)
+        return xa, ya, sample_shape
 
     # ---- training ----------------------------------------------------------------------
 
@@ -269,13 +287,17 @@ class Sequential:
         if x is None or y is None:
             raise ValueError("x, y: fit needs both inputs and targets")
 
-        xa, ya = self._prepare_xy(x, y)
+        xa, ya, sample_shape = self._prepare_xy(x, y)
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data: expected a tuple (x_val, y_val)")
-            val = self._prepare_xy(validation_data[0], validation_data[1], "validation_data[0]",
-                                   "validation_data[1]")
+            xv, yv, val_shape = self._prepare_xy(validation_data[0], validation_data[1],
+                                                 "validation_data[0]", "validation_data[1]")
+            if val_shape != sample_shape:
+                raise ValueError(f"validation_data[0]: expected samples of shape {sample_shape} "
+                                 f"(as x), got {val_shape}")
+            val = (xv, yv)
         elif validation_split > 0:
             split = int(xa.shape[0] * (1.0 - validation_split))
             if split < 1 or split >= xa.shape[0]:
@@ -286,7 +308,7 @@ class Sequential:
 
         # Checks done: from here on the model changes.
         if self._network is None:
-            self._build(tuple(xa.shape[1:]))
+            self._build(sample_shape)
         if seed is None:
             seed = int(config.rng().integers(0, 2**63))
         nthreads = config.get_num_threads()
@@ -366,16 +388,19 @@ class Sequential:
         """The last layer's output for x, as an (n, outputs) array of the model's dtype."""
         if batch_size is not None:
             batch_size = check.integer(batch_size, "batch_size", 1)
-        xa = self._prepare_x(x)
+        xa, sample_shape = self._prepare_x(x)
         if self._network is None:
-            self._build(tuple(xa.shape[1:]))
-        out = np.empty((xa.shape[0], self._network.out_dim), dtype=self.dtype)
+            self._build(sample_shape)
+        out = np.empty((xa.shape[0],) + tuple(self._output_shape_for(sample_shape)), dtype=self.dtype)
+        flat = out.reshape(xa.shape[0], -1)
         nthreads = config.get_num_threads()
         batch = batch_size or _PREDICT_BATCH
         if xa.shape[0] * xa.shape[1] < 65536:  # too small for BLAS to use threads anyway
-            return self._network.predict(xa, out, batch, nthreads)
-        with config.blas_threads(nthreads):
-            return self._network.predict(xa, out, batch, nthreads)
+            self._network.predict(xa, flat, batch, nthreads)
+        else:
+            with config.blas_threads(nthreads):
+                self._network.predict(xa, flat, batch, nthreads)
+        return out
 
     def __call__(self, x):
         return self.predict(x)
@@ -389,9 +414,9 @@ class Sequential:
         """The loss (and metrics) on x, y: a float, a list [loss, *metrics], or a dict."""
         self._require_compiled("evaluate")
         batch_size = check.integer(32 if batch_size is None else batch_size, "batch_size", 1)
-        xa, ya = self._prepare_xy(x, y)
+        xa, ya, sample_shape = self._prepare_xy(x, y)
         if self._network is None:
-            self._build(tuple(xa.shape[1:]))
+            self._build(sample_shape)
         nthreads = config.get_num_threads()
         with config.blas_threads(nthreads):
             loss, metrics = self._evaluate_arrays(xa, ya, batch_size, nthreads)

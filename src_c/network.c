@@ -10,6 +10,7 @@
 #include "dense.h"
 #include "losses.h"
 #include "optimizers.h"
+#include "conv1d.h"
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -42,10 +43,16 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
 }
 
 /* Which per-layer buffers a layer needs of its own (the others alias a neighbour). */
-static int needs_zbuf(const nn_layer *L) { return L->kind == LAYER_DENSE || L->kind == LAYER_DROPOUT; }
-static int needs_abuf(const nn_layer *L)
+static int has_kernel(const nn_layer *L) { return L->kind == LAYER_DENSE || L->kind == LAYER_CONV1D; }
+static int needs_zbuf(const nn_layer *L) { return has_kernel(L) || L->kind == LAYER_DROPOUT; }
+static int needs_abuf(const nn_layer *L) { return !has_kernel(L) || L->act != ACT_LINEAR; }
+
+/* Scratch elements per sample (real-sized; argmax int32 fits in one). */
+static size_t scratch_per_sample(const nn_layer *L)
 {
-    return L->kind != LAYER_DENSE || L->act != ACT_LINEAR;
+    if (L->kind == LAYER_CONV1D) return (size_t)L->steps_out * L->kernel * L->channels_in;
+    if (L->kind == LAYER_MAXPOOL1D) return (size_t)L->out_dim;
+    return 0;
 }
 
 #define ALIGN_BYTES 64
@@ -65,7 +72,8 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     ws->dbuf = calloc((size_t)nl, sizeof(void *));
     ws->z = calloc((size_t)nl, sizeof(void *));
     ws->a = calloc((size_t)nl, sizeof(void *));
-    if (!ws->zbuf || !ws->abuf || !ws->dbuf || !ws->z || !ws->a) {
+    ws->sbuf = calloc((size_t)nl, sizeof(void *));
+    if (!ws->zbuf || !ws->abuf || !ws->dbuf || !ws->z || !ws->a || !ws->sbuf) {
         network_workspace_free(ws);
         return NULL;
     }
@@ -75,6 +83,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     for (int i = 0; i < nl; i++) {
         size_t layer_bytes = aligned_size((size_t)batch * m->layers[i].out_dim * elem);
         total += layer_bytes * (size_t)(1 + needs_zbuf(&m->layers[i]) + needs_abuf(&m->layers[i]));
+        total += aligned_size((size_t)batch * scratch_per_sample(&m->layers[i]) * elem);
     }
     ws->block = malloc(total + ALIGN_BYTES);
     if (!ws->block) {
@@ -99,6 +108,11 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
             ws->abuf[i] = p;
             p += layer_bytes;
         }
+        size_t scratch = (size_t)batch * scratch_per_sample(&m->layers[i]) * elem;
+        if (scratch) {
+            ws->sbuf[i] = p;
+            p += aligned_size(scratch);
+        }
     }
     return ws;
 }
@@ -112,6 +126,7 @@ void network_workspace_free(nn_workspace *ws)
     free(ws->dbuf);
     free(ws->z);
     free(ws->a);
+    free(ws->sbuf);
     free(ws);
 }
 
@@ -142,9 +157,26 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
             FN(dense_forward)(z, a, in, L->w, L->b, B, L->in_dim, L->out_dim, L->act,
                               (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
+        case LAYER_CONV1D:
+            if (!a) a = z;
+            FN(conv1d_forward)(z, a, ws->sbuf[i], in, L->w, L->b, B, L->steps_in,
+                               L->channels_in, L->steps_out, L->out_dim / L->steps_out,
+                               L->kernel, L->stride, L->pad_left, L->act, (real)L->slope,
+                               (gemm_fn)m->gemm, nthreads);
+            break;
+        case LAYER_MAXPOOL1D:
+            z = NULL;
+            FN(maxpool1d_forward)(a, ws->sbuf[i], in, B, L->steps_in, L->channels_in,
+                                  L->steps_out, L->kernel, L->stride, L->pad_left, nthreads);
+            break;
+        case LAYER_GLOBAL_AVGPOOL1D:
+            z = NULL;
+            FN(global_avgpool1d_forward)(a, in, B, L->steps_in, L->channels_in, nthreads);
+            break;
         case LAYER_ACTIVATION:
             z = (real *)in;
-            FN(activation_forward)(a, z, B, L->out_dim, L->act, (real)L->slope, nthreads);
+            FN(activation_forward)(a, z, B * L->steps_in, L->channels_in, L->act,
+                                   (real)L->slope, nthreads);
             break;
         default: /* LAYER_DROPOUT */
             if (!training || L->rate <= 0) {
@@ -198,7 +230,7 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
 {
     int first_param = m->n_layers;
     for (int i = 0; i < m->n_layers; i++) {
-        if (m->layers[i].kind == LAYER_DENSE) {
+        if (has_kernel(&m->layers[i])) {
             first_param = i;
             break;
         }
@@ -216,9 +248,22 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
                                L->in_dim, L->out_dim, act, (real)L->slope, (gemm_fn)m->gemm,
                                nthreads);
             break;
+        case LAYER_CONV1D:
+            FN(conv1d_backward)(d_in, L->dw, L->db, d, ws->sbuf[i], ws->sbuf[i], ws->z[i],
+                                ws->a[i], L->w, B, L->steps_in, L->channels_in, L->steps_out,
+                                L->out_dim / L->steps_out, L->kernel, L->stride, L->pad_left,
+                                act, (real)L->slope, (gemm_fn)m->gemm, nthreads);
+            break;
+        case LAYER_MAXPOOL1D:
+            FN(maxpool1d_backward)(d_in, d, ws->sbuf[i], B, L->steps_in, L->channels_in,
+                                   L->steps_out, nthreads);
+            break;
+        case LAYER_GLOBAL_AVGPOOL1D:
+            FN(global_avgpool1d_backward)(d_in, d, B, L->steps_in, L->channels_in, nthreads);
+            break;
         case LAYER_ACTIVATION:
-            FN(activation_backward)(d_in, d, ws->z[i], ws->a[i], B, L->out_dim, act,
-                                    (real)L->slope, nthreads);
+            FN(activation_backward)(d_in, d, ws->z[i], ws->a[i], B * L->steps_in,
+                                    L->channels_in, act, (real)L->slope, nthreads);
             break;
         default: { /* LAYER_DROPOUT: a = in * mask */
             const real *mask = ws->z[i];

@@ -9,6 +9,11 @@
  *   dense:      z = a[i-1] w + b, a = f(z)            (a aliases z for linear)
  *   activation: z aliases a[i-1], a = f(z)
  *   dropout:    z holds the scaled keep-mask, a = a[i-1] * z   (inference: a = a[i-1])
+ *   conv1d:     z = im2col(a[i-1]) w + b, a = f(z); the layer's scratch holds im2col
+ *   maxpool1d:  a = window maxima; the scratch holds their argmax steps (int32)
+ *   global_avgpool1d: a = mean over steps
+ * A sample's features are contiguous, so (steps x channels) is also a flat vector:
+ * Flatten needs no layer here.
  *   d[i] holds dL/da[i] and, after the layer's backward, dL/dz[i].
  * When the last layer's activation is sigmoid (binary cross-entropy) or softmax
  * (categorical cross-entropies) and the loss takes probabilities, the loss is computed
@@ -24,7 +29,14 @@
 #include <stdint.h>
 #include "common.h"
 
-enum { LAYER_DENSE = 0, LAYER_ACTIVATION = 1, LAYER_DROPOUT = 2 };
+enum {
+    LAYER_DENSE = 0,
+    LAYER_ACTIVATION = 1,
+    LAYER_DROPOUT = 2,
+    LAYER_CONV1D = 3,
+    LAYER_MAXPOOL1D = 4,
+    LAYER_GLOBAL_AVGPOOL1D = 5
+};
 enum { OPT_SGD = 0, OPT_ADAM = 1, OPT_RMSPROP = 2 };
 #define NN_MAX_METRICS 8
 
@@ -34,6 +46,8 @@ typedef struct {
     int act;            /* ACT_* */
     double slope;       /* leaky_relu negative slope */
     double rate;        /* dropout rate */
+    int steps_in, channels_in, steps_out; /* 1-D layers: in_dim = steps_in * channels_in */
+    int kernel, stride, pad_left;         /* conv kernel size or pool size, its stride */
     void *w, *b;        /* parameters (b NULL without bias), views into the model buffer */
     void *dw, *db;      /* their gradients, views into the gradient buffer */
 } nn_layer;
@@ -66,6 +80,7 @@ typedef struct {
     void *block;        /* one allocation that holds all buffers below */
     void *xb, *yb;      /* the gathered batch */
     void **zbuf, **abuf, **dbuf; /* per-layer storage (NULL where a layer aliases) */
+    void **sbuf;        /* per-layer scratch: im2col (conv1d), argmax (maxpool1d) */
     void **z, **a;      /* per-layer pointers used by the last forward pass */
 } nn_workspace;
 

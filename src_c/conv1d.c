@@ -1,0 +1,201 @@
+/* conv1d.c: see conv1d.h. Written once for `real`, compiled for float and double by
+ * including itself (real_begin.h explains the pattern). */
+#ifndef FASTNN_TEMPLATE
+#define FASTNN_TEMPLATE
+#include <math.h>
+#include <string.h>
+#include "conv1d.h"
+#include "activations.h"
+#include "dense.h"
+#define FASTNN_DOUBLE 0
+#include "real_begin.h"
+#include "conv1d.c"
+#include "real_end.h"
+#define FASTNN_DOUBLE 1
+#include "real_begin.h"
+#include "conv1d.c"
+#include "real_end.h"
+#undef FASTNN_TEMPLATE
+#else
+
+void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout, int K,
+                       int stride, int pad_left, int nthreads)
+{
+    ptrdiff_t row_len = (ptrdiff_t)K * C;
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * row_len, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            const real *xs = x + bi * L * C;
+            for (int t = 0; t < Lout; t++) {
+                real *row = cols + (bi * Lout + t) * row_len;
+                int start = t * stride - pad_left;
+                for (int k = 0; k < K; k++) {
+                    int step = start + k;
+                    if (step >= 0 && step < L) {
+                        memcpy(row + (ptrdiff_t)k * C, xs + (ptrdiff_t)step * C, sizeof(real) * (size_t)C);
+                    } else {
+                        memset(row + (ptrdiff_t)k * C, 0, sizeof(real) * (size_t)C);
+                    }
+                }
+            }
+        }
+    }
+}
+
+void FN(conv1d_col2im)(real *dx, const real *dcols, int B, int L, int C, int Lout, int K,
+                       int stride, int pad_left, int nthreads)
+{
+    ptrdiff_t row_len = (ptrdiff_t)K * C;
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * row_len, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            real *dxs = dx + bi * L * C;
+            memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
+            /* Every output step adds its receptive field's gradient back, in a fixed order. */
+            for (int t = 0; t < Lout; t++) {
+                const real *row = dcols + (bi * Lout + t) * row_len;
+                int start = t * stride - pad_left;
+                for (int k = 0; k < K; k++) {
+                    int step = start + k;
+                    if (step < 0 || step >= L) continue;
+                    real *dst = dxs + (ptrdiff_t)step * C;
+                    const real *src = row + (ptrdiff_t)k * C;
+                    for (int c = 0; c < C; c++) dst[c] += src[c];
+                }
+            }
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(conv1d_forward)(real *z, real *a, real *cols, const real *x, const real *w,
+                        const real *b, int B, int L, int C, int Lout, int F, int K, int stride,
+                        int pad_left, int act, real slope, gemm_fn gemm, int nthreads)
+{
+    if (B <= 0 || Lout <= 0) return;
+    FN(conv1d_im2col)(cols, x, B, L, C, Lout, K, stride, pad_left, nthreads);
+    /* z = cols w + b: a dense layer over B*Lout rows of K*C inputs. */
+    FN(dense_forward)(z, a, cols, w, b, B * Lout, K * C, F, act, slope, gemm, nthreads);
+}
+
+void FN(conv1d_backward)(real *dx, real *dw, real *db, real *dout, real *cols, real *dcols,
+                         const real *z, const real *a, const real *w, int B, int L, int C,
+                         int Lout, int F, int K, int stride, int pad_left, int act,
+                         real slope, gemm_fn gemm, int nthreads)
+{
+    if (B <= 0 || Lout <= 0) return;
+    /* The dense backward of z = cols w + b gives dw, db and dcols = dz w^T; dcols is
+     * written after dw is done with cols, so the two may share a buffer. */
+    FN(dense_backward)(dx ? dcols : NULL, dw, db, dout, z, a, cols, w, B * Lout, K * C, F,
+                       act, slope, gemm, nthreads);
+    if (dx) FN(conv1d_col2im)(dx, dcols, B, L, C, Lout, K, stride, pad_left, nthreads);
+}
+
+void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int L, int C,
+                           int Lout, int pool, int stride, int pad_left, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * C * pool, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            const real *xs = x + bi * L * C;
+            for (int t = 0; t < Lout; t++) {
+                int first = t * stride - pad_left;
+                int lo = first < 0 ? 0 : first;
+                int hi = first + pool > L ? L : first + pool;
+                real *o = out + (bi * Lout + t) * C;
+                int32_t *am = argmax + (bi * Lout + t) * C;
+                for (int c = 0; c < C; c++) {
+                    o[c] = xs[(ptrdiff_t)lo * C + c];
+                    am[c] = lo;
+                }
+                for (int s = lo + 1; s < hi; s++) {
+                    const real *xr = xs + (ptrdiff_t)s * C;
+                    for (int c = 0; c < C; c++) {
+                        if (xr[c] > o[c]) {
+                            o[c] = xr[c];
+                            am[c] = s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void FN(maxpool1d_backward)(real *dx, const real *dout, const int32_t *argmax, int B, int L,
+                            int C, int Lout, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            real *dxs = dx + bi * L * C;
+            memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
+            /* out = x[argmax]  =>  dx[argmax] += dout (windows may overlap) */
+            for (ptrdiff_t t = 0; t < Lout; t++) {
+                const real *d = dout + (bi * Lout + t) * C;
+                const int32_t *am = argmax + (bi * Lout + t) * C;
+                for (int c = 0; c < C; c++) dxs[(ptrdiff_t)am[c] * C + c] += d[c];
+            }
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(global_avgpool1d_forward)(real *out, const real *x, int B, int L, int C, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
+    real inv = (real)1 / (real)L;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            real *o = out + bi * C;
+            for (int c = 0; c < C; c++) o[c] = 0;
+            for (ptrdiff_t s = 0; s < L; s++) {
+                const real *xr = x + (bi * L + s) * C;
+                for (int c = 0; c < C; c++) o[c] += xr[c];
+            }
+            for (int c = 0; c < C; c++) o[c] *= inv;
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(global_avgpool1d_backward)(real *dx, const real *dout, int B, int L, int C,
+                                   int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
+    real inv = (real)1 / (real)L;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        /* out = mean over steps of x  =>  dx[s] = dout / L for every step s */
+        for (ptrdiff_t bi = b0; bi < b1; bi++) {
+            for (ptrdiff_t s = 0; s < L; s++) {
+                real *d = dx + (bi * L + s) * C;
+                for (int c = 0; c < C; c++) d[c] = dout[bi * C + c] * inv;
+            }
+        }
+        fastnn_ftz_leave(csr);
+    }
+}
+
+#endif /* FASTNN_TEMPLATE */
