@@ -1,7 +1,7 @@
 """Build of fastnn's compiled core: one extension, fastnn._kernels, made of the Cython glue
 (fastnn/_kernels.pyx) and the C99 kernels in src_c/.
 
-Flags: -O3 -fno-math-errno, plus OpenMP where the compiler has it (checked by compiling a probe; without
+Flags: -O3 -fno-math-errno -ffp-contract=off, plus OpenMP where the compiler has it (checked by compiling a probe; without
 it the kernels run on one thread). No -ffast-math, ever. FASTNN_NATIVE=1 in the
 environment adds -march=native for a build that only runs on this CPU.
 """
@@ -42,7 +42,10 @@ class BuildExt(build_ext):
             compile_flags, openmp_flags, link_flags = ["/O2"], ["/openmp"], []
         else:
             # -fno-math-errno lets sqrt vectorize; it changes no result (errno is unread).
-            compile_flags, openmp_flags, link_flags = ["-O3", "-fno-math-errno"], ["-fopenmp"], ["-fopenmp"]
+            # -ffp-contract=off: no fused multiply-adds, so a vectorized loop body and its
+            # scalar tail round alike and results do not depend on where threads split.
+            compile_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+            openmp_flags, link_flags = ["-fopenmp"], ["-fopenmp"]
             if os.environ.get("FASTNN_NATIVE") == "1":
                 compile_flags.append("-march=native")
         if os.environ.get("FASTNN_NO_OPENMP") != "1" and compiler_accepts(

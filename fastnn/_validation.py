@@ -70,6 +70,14 @@ def targets(y, name, dtype, loss_name, width, n, output_shape=None):
     """y as the (n, y_width) array the loss kernel reads: class ids (n, 1) for the sparse
     loss, else (n, width). output_shape: the model's per-sample output shape when it has
     more than one axis (y may then come in that shape)."""
+    if loss_name == "sparse_categorical_crossentropy":
+        # Checked in float64 first: float32 would round 1 + 1e-9 to a whole number.
+        exact = as_float_array(y, name, np.float64)
+        whole = exact == np.floor(exact)
+        if not whole.all():
+            bad = np.argwhere(~whole)[0]
+            raise ValueError(f"{name}: expected whole-number class ids, got "
+                             f"{name}[{', '.join(map(str, bad))}] = {exact[tuple(bad)]!r}")
     out = as_float_array(y, name, dtype)
     if out.ndim == 0 or out.shape[0] != n:
         raise ValueError(f"{name}: expected {n} samples (as many as x), got shape {out.shape}")

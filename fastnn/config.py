@@ -110,7 +110,8 @@ def _blas_controllers():
 @contextlib.contextmanager
 def blas_threads(n):
     """Runs the block with fastnn's BLAS limited to n threads and restores its previous
-    setting afterwards. Overlapping blocks from several threads share one setting: the
+    setting afterwards. fastnn holds it at 1: its own threads call BLAS on fixed panels
+    (src_c/dense.c), which keeps results independent of the thread count. Overlapping blocks from several threads share one setting: the
     first sets it, the last restores it."""
     libs = _blas_controllers()
     with _blas_lock:

@@ -138,6 +138,27 @@ class Layer:
     def _initial_params(self, input_shape):
         return []
 
+    def get_weights(self):
+        """Copies of this layer's parameters (Dense: kernel (in, units), bias (units,))."""
+        return [np.array(p) for p in self.params]
+
+    def set_weights(self, weights):
+        """Sets this layer's parameters from arrays of the same shapes."""
+        weights = list(weights)
+        if len(weights) != len(self.params):
+            raise ValueError(f"weights: {self.name} expects a list of {len(self.params)} arrays, "
+                             f"got {len(weights)}")
+        arrays = []
+        for i, (w, p) in enumerate(zip(weights, self.params)):
+            a = np.asarray(w, dtype=np.float64)
+            if a.shape != p.shape:
+                raise ValueError(f"weights[{i}]: expected shape {p.shape}, got {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"weights[{i}]: expected finite values")
+            arrays.append(a)
+        for a, p in zip(arrays, self.params):
+            p[...] = a
+
     def param_shapes(self):
         return [p.shape for p in self.params]
 

@@ -5,6 +5,7 @@ are views into them. `fit`, `predict` and `evaluate` check their inputs in Pytho
 run whole epochs (or all batches) in compiled code with the GIL released.
 """
 import math
+import numbers
 import sys
 import time
 
@@ -78,8 +79,18 @@ class Sequential:
             return
         if not isinstance(layer, Layer):
             raise TypeError(f"layer: expected a fastnn.layers layer, got {type(layer).__name__}")
+        if any(layer is other for other in self.layers):
+            raise ValueError(f"layer: {layer.name} is already in this model")
         self.layers.append(layer)
         self._network = None  # rebuilt, keeping the weights of built layers
+        declared = self._declared_input_shape()
+        if declared is not None:  # as Keras: a model that knows its input builds at once
+            try:
+                self._output_shape_for(declared)
+            except ValueError:
+                self.layers.pop()
+                raise
+            self._build(declared)
 
     @property
     def built(self):
@@ -164,6 +175,8 @@ class Sequential:
                           "slope": 0.0, "rate": 0.0, "w": None, "b": None})
         self._input_shape = input_shape
         self._params, self._grads = params, grads
+        # The largest matrix product per sample row, to tell when BLAS could use threads.
+        self._widest_product = max([s["in_dim"] * s["out_dim"] for s in specs if s["w"] is not None] or [0])
         self._specs = specs
         self._network = Network(specs, params, grads)
         self._configure_loss()
@@ -275,7 +288,7 @@ class Sequential:
         verbose = check.choice(verbose, "verbose", ("auto", 0, 1, 2))
         if verbose == "auto":
             verbose = 1 if sys.stdout.isatty() else 0
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
                 or not 0.0 <= validation_split < 1.0:
             raise ValueError(f"validation_split: expected a number in [0, 1), got {validation_split!r}")
         if seed is not None:
@@ -331,7 +344,7 @@ class Sequential:
             getattr(cb, "on_train_begin", lambda logs=None: None)({})
         metric_names = list(self._metric_names)
 
-        with config.blas_threads(nthreads):
+        with config.blas_threads(1):  # fastnn's threads call it on panels (src_c/dense.c)
             for epoch in range(initial_epoch, epochs):
                 for cb in all_callbacks:
                     getattr(cb, "on_epoch_begin", lambda e, logs=None: None)(epoch, {})
@@ -395,10 +408,11 @@ class Sequential:
         flat = out.reshape(xa.shape[0], -1)
         nthreads = config.get_num_threads()
         batch = batch_size or _PREDICT_BATCH
-        if xa.shape[0] * xa.shape[1] < 65536:  # too small for BLAS to use threads anyway
+        if min(batch, xa.shape[0]) * self._widest_product < 65536:
+            # Products this small never use BLAS threads: skip the cost of pinning them.
             self._network.predict(xa, flat, batch, nthreads)
         else:
-            with config.blas_threads(nthreads):
+            with config.blas_threads(1):
                 self._network.predict(xa, flat, batch, nthreads)
         return out
 
@@ -418,7 +432,7 @@ class Sequential:
         if self._network is None:
             self._build(sample_shape)
         nthreads = config.get_num_threads()
-        with config.blas_threads(nthreads):
+        with config.blas_threads(1):
             loss, metrics = self._evaluate_arrays(xa, ya, batch_size, nthreads)
         if verbose:
             parts = [f"loss: {loss:.4f}"] + [f"{k}: {v:.4f}" for k, v in zip(self._metric_names, metrics)]
@@ -453,6 +467,18 @@ class Sequential:
             arrays.append(a)
         for a, p in zip(arrays, current):
             p[...] = a
+
+    def get_layer(self, name=None, index=None):
+        """A layer by name or by index, as Keras."""
+        if index is not None:
+            if not isinstance(index, (int, np.integer)) or not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"index: expected an integer in [0, {len(self.layers)}), got {index!r}")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"name: no layer named {name!r}; layers are "
+                         f"{', '.join(layer.name for layer in self.layers)}")
 
     # ---- display -----------------------------------------------------------------------
 

@@ -434,7 +434,7 @@ def network_forward(layers, x):
     return cache
 
 
-def _is_fused(loss, from_logits, last_activation):
+def is_fused(loss, from_logits, last_activation):
     """Whether fastnn folds the output activation into the loss: a sigmoid output with
     binary cross-entropy, or a softmax output with a categorical cross-entropy, when the
     loss takes probabilities. The loss is then taken from the logits z (same value, a
@@ -461,7 +461,7 @@ def network_loss_and_grads(layers, x, y, loss, from_logits=False):
     """(loss, [gradients in get_weights() order]) of the batch-mean loss on (x, y)."""
     cache = network_forward(layers, x)
     last_act = _unpack_layer(layers[-1])[2]
-    fused = _is_fused(loss, from_logits, last_act)
+    fused = is_fused(loss, from_logits, last_act)
     _, z_last, a_last = cache[-1]
     if fused:  # the loss from the logits: its gradient is dL/dz of the last layer
         value, d = loss_function(loss, z_last, y, from_logits=True)

@@ -16,16 +16,55 @@
 #undef FASTNN_TEMPLATE
 #else
 
+/* Matrix products are cut into panels of whole output rows, and each panel is one
+ * single-threaded BLAS call made by the OpenMP thread that owns it. The cut depends only
+ * on the sizes, never on the thread count, so every output element is computed by the
+ * same call whatever the threads: results are bit-identical with 1 thread or many (a
+ * multi-threaded BLAS rounds differently from a single-threaded one). The Python layer
+ * holds the BLAS at one thread around fastnn's work, so the threads never oversubscribe. */
+#define GEMM_PANEL_MIN_FLOPS 4000000.0
+
+static int FN(gemm_panels)(int rows, double flops)
+{
+    if (flops < GEMM_PANEL_MIN_FLOPS || rows < 32) return 1;
+    int pairs = rows / 64; /* an even count splits evenly over two threads */
+    if (pairs < 1) pairs = 1;
+    if (pairs > 4) pairs = 4;
+    return 2 * pairs;
+}
+
+/* Row-major out (M x N) = a (M x K) b, where a's rows are `lda` apart and b is given as
+ * the column-major operand `bmat` with its transpose flag (see the callers). The M rows
+ * are cut into panels. */
+static void FN(gemm_row_panels)(real *out, int ldo, const real *a, int lda, char transa_cm,
+                                const real *bmat, int ldb, char transb_cm, int M, int N,
+                                int K, gemm_fn gemm, int nthreads)
+{
+    int panels = FN(gemm_panels)(M, 2.0 * M * N * K);
+    int nt = nthreads < panels ? nthreads : panels;
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int p = 0; p < panels; p++) {
+        int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+        int rows = r1 - r0;
+        real one = 1, zero = 0;
+        char ta = transb_cm, tb = transa_cm;
+        int n_ = N, k_ = K, ldb_ = ldb, lda_ = lda, ldo_ = ldo;
+        /* Column-major: out^T (N x rows) = op(bmat) (N x K) op(a panel) (K x rows). */
+        const real *ap = (transa_cm == 'N') ? a + (ptrdiff_t)r0 * lda : a + r0;
+        if (rows > 0) {
+            gemm(&ta, &tb, &n_, &rows, &k_, &one, (real *)bmat, &ldb_, (real *)ap, &lda_,
+                 &zero, out + (ptrdiff_t)r0 * ldo, &ldo_);
+        }
+    }
+}
+
 void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const real *b,
                        int B, int C, int OC, int act, real slope, gemm_fn gemm, int nthreads)
 {
     if (B <= 0 || OC <= 0) return;
-    /* Row-major z (B x OC) = x w  <=>  column-major z^T (OC x B) = w^T x^T. */
-    char no = 'N';
-    real one = 1, zero = 0;
-    int ldw = OC, ldx = C > 0 ? C : 1, ldz = OC;
     if (C > 0) {
-        gemm(&no, &no, &OC, &B, &C, &one, (real *)w, &ldw, (real *)x, &ldx, &zero, z, &ldz);
+        /* z = x w: column-major z^T (OC x B) = w^T x^T, cut over the rows of z */
+        FN(gemm_row_panels)(z, OC, x, C, 'N', w, OC, 'N', B, OC, C, gemm, nthreads);
     } else {
         for (ptrdiff_t i = 0; i < (ptrdiff_t)B * OC; i++) z[i] = 0;
     }
@@ -80,18 +119,16 @@ void FN(dense_backward)(real *dx, real *dw, real *db, real *dout, const real *z,
     FN(activation_backward)(dout, dout, z, a, B, OC, act, slope, nthreads);
     const real *dz = dout;
 
-    char no = 'N', tr = 'T';
-    real one = 1, zero = 0;
-    int ldz = OC, ldx = C > 0 ? C : 1, ldw = OC;
     if (C > 0) {
-        /* z = x w  =>  dw = x^T dz; column-major dw^T (OC x C) = dz^T x */
-        gemm(&no, &tr, &OC, &C, &B, &one, (real *)dz, &ldz, (real *)x, &ldx, &zero, dw, &ldw);
+        /* z = x w  =>  dw (C x OC) = x^T dz: column-major dw^T = dz^T x, cut over the
+         * rows of dw (columns of x) */
+        FN(gemm_row_panels)(dw, OC, x, C, 'T', dz, OC, 'N', C, OC, B, gemm, nthreads);
     }
     /* z = x w + b  =>  db = sum over rows of dz */
     if (db) FN(column_sums)(db, dz, B, OC, nthreads);
-    /* z = x w  =>  dx = dz w^T; column-major dx^T (C x B) = w dz^T */
+    /* z = x w  =>  dx (B x C) = dz w^T: column-major dx^T = w dz^T, cut over rows of dx */
     if (dx && C > 0) {
-        gemm(&tr, &no, &C, &B, &OC, &one, (real *)w, &ldw, (real *)dz, &ldz, &zero, dx, &ldx);
+        FN(gemm_row_panels)(dx, C, dz, OC, 'N', w, OC, 'T', B, C, OC, gemm, nthreads);
     }
 }
 

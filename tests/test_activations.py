@@ -78,7 +78,8 @@ def test_leaky_relu_slope_and_relu_kink(dtype):
     da = np.full_like(z, 2.0)
     for slope in (0.01, 0.2, 1.5, 0.0):
         a = K.activation_forward(z, K.ACTIVATIONS["leaky_relu"], slope=slope)
-        np.testing.assert_array_equal(a, ref.activation_forward(z, "leaky_relu", slope).astype(dtype))
+        expected = ref.activation_forward(z, "leaky_relu", slope).astype(dtype)
+        np.testing.assert_array_equal(a, expected)
         dz = K.activation_backward(da, z, a, K.ACTIVATIONS["leaky_relu"], slope=slope)
         np.testing.assert_array_equal(dz, np.array([[2 * slope] * 3 + [2.0, 2.0]], dtype=dtype))
     a = K.activation_forward(z, K.ACTIVATIONS["relu"])

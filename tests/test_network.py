@@ -1,0 +1,531 @@
+"""src_c/network.c through fastnn._kernels.Network and the Sequential model: whole training
+steps against the NumPy reference network (fastnn.reference.reference_train_step),
+Network.loss_grad against reference gradients and central differences (fastnn.gradcheck),
+and thread-count independence."""
+
+import zlib
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastnn
+from fastnn import Sequential
+from fastnn import _kernels as K
+from fastnn import reference as ref
+from fastnn.layers import Activation, Dense, Dropout, LeakyReLU
+from fastnn.losses import (BinaryCrossentropy, CategoricalCrossentropy, MeanSquaredError,
+                           SparseCategoricalCrossentropy)
+from fastnn.optimizers import SGD, Adam, RMSprop
+
+ACTS = sorted(K.ACTIVATIONS, key=K.ACTIVATIONS.get)
+SPARSE = "sparse_categorical_crossentropy"
+N = 12  # samples in the small problems
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """BLAS on one thread outside fit (fit sets its own): its threads and the kernels'
+    spinning OpenMP threads fight over few CPUs and slow these tests down."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def seed_of(*parts):
+    return zlib.crc32(repr(parts).encode())
+
+
+# ---- data and models -------------------------------------------------------------------
+
+def targets(loss, n, k, rng, soft=False):
+    """y as the model takes it: (n,) class ids for the sparse loss, else (n, k)."""
+    if loss == SPARSE:
+        return rng.integers(0, k, size=n)
+    if loss == "categorical_crossentropy":
+        return rng.dirichlet(np.ones(k), size=n) if soft else np.eye(k)[rng.integers(0, k, size=n)]
+    if loss == "binary_crossentropy":
+        return rng.uniform(0, 1, size=(n, k)) if soft else rng.integers(0, 2, size=(n, k)) * 1.0
+    return rng.standard_normal((n, k))
+
+
+def loss_object(loss, from_logits):
+    return {"binary_crossentropy": BinaryCrossentropy, SPARSE: SparseCategoricalCrossentropy,
+            "categorical_crossentropy": CategoricalCrossentropy}.get(
+        loss, lambda from_logits: MeanSquaredError())(from_logits=from_logits)
+
+
+def random_weights(model, rng):
+    """Deterministic weights (biases nonzero, so the bias path matters)."""
+    return [rng.standard_normal(w.shape) * (0.6 if w.ndim == 2 else 0.2)
+            for w in model.get_weights()]
+
+
+def reference_layers(weights, acts, use_bias, slopes=None):
+    """fastnn.reference's network description for dense layers with these weights."""
+    layers, k = [], 0
+    for i, (act, bias) in enumerate(zip(acts, use_bias)):
+        w = weights[k]
+        b = weights[k + 1] if bias else None
+        k += 2 if bias else 1
+        layers.append((w, b, act, 0.01 if slopes is None else slopes[i]))
+    return layers
+
+
+def flat_targets(loss, y):
+    """y as the compiled Network reads it: (n, 1) class ids or (n, k)."""
+    y = np.asarray(y, dtype=np.float64)
+    return y.reshape(len(y), -1)
+
+
+# ---- whole training steps: fit against reference_train_step ------------------------------
+
+# name: (Dense units/activations/bias, extra layers, loss, from_logits, width, soft targets)
+TRAIN_CASES = {
+    "sigmoid_bce": ([(6, "tanh", True), (1, "sigmoid", True)], "binary_crossentropy", False, False),
+    "sigmoid_bce_multilabel_soft": ([(5, "relu", True), (3, "sigmoid", True)],
+                                    "binary_crossentropy", False, True),
+    "softmax_sparse_ce": ([(8, "relu", True), (4, "softmax", True)], SPARSE, False, False),
+    "relu_linear_mse": ([(7, "relu", True), (2, "linear", True)], "mean_squared_error", False,
+                        False),
+    "tanh_ce_from_logits": ([(5, "tanh", True), (3, "linear", True)],
+                            "categorical_crossentropy", True, False),
+    "tanh_out_ce_from_logits": ([(5, "leaky_relu", True), (3, "tanh", True)],
+                                "categorical_crossentropy", True, True),
+    "nobias_bce_from_logits": ([(6, "leaky_relu", False), (2, "linear", False)],
+                               "binary_crossentropy", True, False),
+    "sparse_from_logits": ([(6, "sigmoid", True), (5, "linear", True)], SPARSE, True, False),
+    "softmax_hidden_sigmoid_mse": ([(4, "softmax", True), (2, "sigmoid", True)],
+                                   "mean_squared_error", False, False),
+    "deep_softmax_ce": ([(6, "sigmoid", True), (5, "tanh", False), (3, "softmax", True)],
+                        "categorical_crossentropy", False, True),
+}
+
+OPTIMIZERS = {
+    "adam": (lambda: Adam(learning_rate=0.01),
+             {"name": "adam", "learning_rate": 0.01}),
+    "adam_custom": (lambda: Adam(learning_rate=0.05, beta_1=0.5, beta_2=0.8, epsilon=1e-3),
+                    {"name": "adam", "learning_rate": 0.05, "beta_1": 0.5, "beta_2": 0.8,
+                     "epsilon": 1e-3}),
+    "sgd": (lambda: SGD(learning_rate=0.1), {"name": "sgd", "learning_rate": 0.1}),
+    "sgd_momentum": (lambda: SGD(learning_rate=0.1, momentum=0.9),
+                     {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}),
+    "sgd_nesterov": (lambda: SGD(learning_rate=0.1, momentum=0.8, nesterov=True),
+                     {"name": "sgd", "learning_rate": 0.1, "momentum": 0.8, "nesterov": True}),
+    "rmsprop": (lambda: RMSprop(learning_rate=0.01), {"name": "rmsprop", "learning_rate": 0.01}),
+    "rmsprop_momentum": (lambda: RMSprop(learning_rate=0.01, rho=0.8, momentum=0.5),
+                         {"name": "rmsprop", "learning_rate": 0.01, "rho": 0.8,
+                          "momentum": 0.5}),
+}
+
+
+def build_case(case, rng, n=N, features=4):
+    spec, loss, from_logits, soft = TRAIN_CASES[case]
+    model = Sequential([Dense(u, activation=a, use_bias=b) for u, a, b in spec], dtype="float64")
+    model.build((None, features))
+    weights = random_weights(model, rng)
+    model.set_weights(weights)
+    x = rng.standard_normal((n, features))
+    y = targets(loss, n, spec[-1][0], rng, soft)
+    layers = reference_layers(weights, [a for _, a, _ in spec], [b for _, _, b in spec])
+    return model, layers, x, y, loss, from_logits
+
+
+def assert_weights(model, layers, what):
+    got = model.get_weights()
+    expected = ref.network_weights(layers)
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert g.dtype == np.float64 and g.shape == e.shape
+        np.testing.assert_allclose(g, e, err_msg=f"{what}: weights[{i}]", **TOL)
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_fit_step_matches_reference(case, opt):
+    rng = np.random.default_rng(seed_of(case, opt))
+    model, layers, x, y, loss, from_logits = build_case(case, rng)
+    make_opt, ref_opt = OPTIMIZERS[opt]
+    model.compile(optimizer=make_opt(), loss=loss_object(loss, from_logits))
+
+    hist = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    layers, state, value = ref.reference_train_step(layers, x, y, loss, from_logits, ref_opt)
+    assert hist.history["loss"][0] == pytest.approx(value, rel=1e-12)
+    assert_weights(model, layers, "after 1 step")
+
+    # two more steps: the optimizer state (moments, velocity, Adam's t) carries over
+    hist = model.fit(x, y, batch_size=len(x), epochs=2, shuffle=False, verbose=0)
+    for step in range(2):
+        layers, state, value = ref.reference_train_step(layers, x, y, loss, from_logits,
+                                                        ref_opt, state)
+        assert hist.history["loss"][step] == pytest.approx(value, rel=1e-10)
+    assert_weights(model, layers, "after 3 steps")
+    assert model.optimizer.iterations == state["iterations"] == 3
+
+
+@pytest.mark.parametrize("case", ["softmax_sparse_ce", "relu_linear_mse", "sigmoid_bce"])
+def test_minibatches_with_short_last_batch(case):
+    """batch_size 5 on 12 rows: steps of 5, 5 and 2 rows, in order (shuffle=False)."""
+    rng = np.random.default_rng(seed_of(case, "minibatch"))
+    model, layers, x, y, loss, from_logits = build_case(case, rng)
+    make_opt, ref_opt = OPTIMIZERS["adam"]
+    model.compile(optimizer=make_opt(), loss=loss_object(loss, from_logits))
+    hist = model.fit(x, y, batch_size=5, epochs=2, shuffle=False, verbose=0)
+    state = None
+    for epoch in range(2):
+        total = 0.0
+        for r0 in range(0, N, 5):
+            layers, state, value = ref.reference_train_step(
+                layers, x[r0:r0 + 5], y[r0:r0 + 5], loss, from_logits, ref_opt, state)
+            total += value * len(x[r0:r0 + 5])
+        assert hist.history["loss"][epoch] == pytest.approx(total / N, rel=1e-10)
+    assert_weights(model, layers, "after 2 epochs of 3 steps")
+    assert model.optimizer.iterations == 6
+
+
+def test_activation_leaky_relu_and_zero_dropout_layers_train_like_dense():
+    """Dense + Activation(a) trains as Dense(activation=a); LeakyReLU(s) as leaky_relu with
+    slope s; Dropout(0.0) passes through; a final Activation("softmax") is fused."""
+    rng = np.random.default_rng(21)
+    model = Sequential([Dense(6), LeakyReLU(negative_slope=0.2), Dropout(0.0), Dense(5),
+                        Activation("tanh"), Dense(3), Activation("softmax")], dtype="float64")
+    model.build((None, 4))
+    weights = random_weights(model, rng)
+    model.set_weights(weights)
+    layers = reference_layers(weights, ["leaky_relu", "tanh", "softmax"], [True] * 3,
+                              slopes=[0.2, 0.01, 0.01])
+    x = rng.standard_normal((N, 4))
+    y = targets(SPARSE, N, 3, rng)
+    model.compile(optimizer=RMSprop(learning_rate=0.01, momentum=0.3), loss=SPARSE)
+    ref_opt = {"name": "rmsprop", "learning_rate": 0.01, "momentum": 0.3}
+    model.fit(x, y, batch_size=N, epochs=3, shuffle=False, verbose=0)
+    state = None
+    for _ in range(3):
+        layers, state, _ = ref.reference_train_step(layers, x, y, SPARSE, False, ref_opt, state)
+    assert_weights(model, layers, "after 3 steps")
+    # predict / evaluate agree with the reference forward pass and loss
+    out = ref.network_forward(layers, x)[-1][2]
+    np.testing.assert_allclose(model.predict(x, batch_size=5), out, **TOL)
+    value = ref.network_loss_and_grads(layers, x, y, SPARSE)[0]
+    assert model.evaluate(x, y, batch_size=5) == pytest.approx(value, rel=1e-10)
+
+
+# ---- predict / evaluate / metrics ------------------------------------------------------
+
+METRIC_CASES = [("sigmoid_bce", ["accuracy", "mae", "mse"]),
+                ("nobias_bce_from_logits", ["accuracy", "binary_accuracy"]),
+                ("softmax_sparse_ce", ["accuracy", "sparse_categorical_accuracy"]),
+                ("tanh_ce_from_logits", ["accuracy", "categorical_accuracy", "mse"]),
+                ("relu_linear_mse", ["mae", "mse"])]
+
+
+@pytest.mark.parametrize("case,metrics", METRIC_CASES)
+def test_predict_and_evaluate_match_reference(case, metrics):
+    rng = np.random.default_rng(seed_of(case, "evaluate"))
+    model, layers, x, y, loss, from_logits = build_case(case, rng, n=23)
+    model.compile(optimizer="sgd", loss=loss_object(loss, from_logits), metrics=metrics)
+    out = ref.network_forward(layers, x)[-1][2]
+    for batch in (None, 1, 5, 23, 100):
+        np.testing.assert_allclose(model.predict(x, batch_size=batch), out, **TOL)
+    value = ref.network_loss_and_grads(layers, x, y, loss, from_logits)[0]
+    yf = flat_targets(loss, y)
+    metric_fns = {"mae": lambda: ref.mean_absolute_error(out, yf),
+                  "mse": lambda: ref.mean_squared_error_metric(out, yf),
+                  "binary_accuracy": lambda: ref.binary_accuracy(out, yf, from_logits=from_logits),
+                  "sparse_categorical_accuracy": lambda: ref.sparse_categorical_accuracy(out, yf),
+                  "categorical_accuracy": lambda: ref.categorical_accuracy(out, yf)}
+    metric_fns["accuracy"] = metric_fns[{"binary_crossentropy": "binary_accuracy",
+                                         SPARSE: "sparse_categorical_accuracy",
+                                         "categorical_crossentropy": "categorical_accuracy"}
+                                        .get(loss, "mae")]
+    expected = {name: metric_fns[name]() for name in metrics}
+    for batch in (1, 5, 32):
+        got = model.evaluate(x, y, batch_size=batch, return_dict=True)
+        assert got["loss"] == pytest.approx(value, rel=1e-10)
+        for name in metrics:
+            assert got[name] == pytest.approx(expected[name], rel=1e-10, abs=1e-12), name
+
+
+# ---- Network.loss_grad: reference gradients and gradcheck, every activation x loss -------
+
+LOSS_MODES = [("binary_crossentropy", False), ("binary_crossentropy", True),
+              ("mean_squared_error", False), (SPARSE, False), (SPARSE, True),
+              ("categorical_crossentropy", False), ("categorical_crossentropy", True)]
+
+
+def output_activation(act, loss, from_logits):
+    """The activation under test on the output too, wherever the loss accepts its range:
+    probabilities must lie in (0, 1) for binary cross-entropy and be positive for the
+    categorical ones; otherwise a sigmoid / softmax head (fused) follows the hidden one."""
+    if from_logits or loss == "mean_squared_error" or act in ("sigmoid", "softmax"):
+        return act
+    return "sigmoid" if loss == "binary_crossentropy" else "softmax"
+
+
+def network_from_layers(layers, dtype=np.float64, dropout=None):
+    """A compiled Network (specs as documented in fastnn/_network.pxi) holding these dense
+    layers' weights in one flat buffer, with its gradient buffer. dropout=(i, rate) puts
+    a Dropout layer after dense layer i."""
+    specs, chunks, offset = [], [], 0
+    for i, (w, b, act, slope) in enumerate(layers):
+        if dropout is not None and dropout[0] == i - 1:
+            width = w.shape[0]
+            specs.append({"kind": "dropout", "in_dim": width, "out_dim": width, "act": 0,
+                          "slope": 0.0, "rate": dropout[1], "w": None, "b": None})
+        spec = {"kind": "dense", "in_dim": w.shape[0], "out_dim": w.shape[1],
+                "act": K.ACTIVATIONS[act], "slope": slope, "rate": 0.0, "w": offset, "b": None}
+        chunks.append(w.ravel())
+        offset += w.size
+        if b is not None:
+            spec["b"] = offset
+            chunks.append(b)
+            offset += b.size
+        specs.append(spec)
+    params = np.ascontiguousarray(np.concatenate(chunks), dtype=dtype)
+    grads = np.zeros_like(params)
+    return K.Network(specs, params, grads), params, grads
+
+
+def unflatten(flat, layers):
+    out, k = [], 0
+    for w in ref.network_weights(layers):
+        out.append(flat[k:k + w.size].reshape(w.shape))
+        k += w.size
+    return out
+
+
+def gradcheck_problem(act, loss, from_logits, rng):
+    hidden_act, out_act = act, output_activation(act, loss, from_logits)
+    k = 2 if loss in ("binary_crossentropy", "mean_squared_error") else 3
+    model = Sequential([Dense(4, activation=hidden_act), Dense(k, activation=out_act)],
+                       dtype="float64")
+    model.build((None, 3))
+    weights = random_weights(model, rng)
+    model.set_weights(weights)
+    model.compile(optimizer="sgd", loss=loss_object(loss, from_logits))
+    x = rng.standard_normal((6, 3))
+    y = targets(loss, 6, k, rng, soft=loss != SPARSE)
+    return model, reference_layers(weights, [hidden_act, out_act], [True, True]), x, y
+
+
+@pytest.mark.parametrize("loss,from_logits", LOSS_MODES)
+@pytest.mark.parametrize("act", ACTS)
+def test_loss_grad_matches_reference(act, loss, from_logits):
+    rng = np.random.default_rng(seed_of(act, loss, from_logits))
+    _, layers, x, y = gradcheck_problem(act, loss, from_logits, rng)
+    net, params, grads = network_from_layers(layers)
+    fused = ref.is_fused(loss, from_logits, layers[-1][2])
+    net.set_loss(K.LOSSES[loss], from_logits, fused)
+    before = params.copy()
+    value = net.loss_grad(x, flat_targets(loss, y))
+    value_ref, grads_ref = ref.network_loss_and_grads(layers, x, y, loss, from_logits)
+    assert value == pytest.approx(value_ref, rel=1e-12)
+    for i, (g, e) in enumerate(zip(unflatten(grads, layers), grads_ref)):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-13, err_msg=f"gradient {i}")
+    np.testing.assert_array_equal(params, before)  # nothing updated
+
+
+# Central differences with eps = 1e-5: the rounding error of a loss difference,
+# ~1e-16 / eps, stays well below 1e-6 of the smallest gradients (~1e-5) of these random
+# networks, and the truncation error eps^2 is ~1e-10. (eps = 1e-6, the default, gives
+# errors up to ~5e-6 on the smallest gradients from rounding alone.) A wrong backward
+# pass gives errors of order 1.
+GC_EPS = 1e-5
+
+
+@pytest.mark.parametrize("loss,from_logits", LOSS_MODES)
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck_every_activation_and_loss(act, loss, from_logits):
+    rng = np.random.default_rng(seed_of(act, loss, from_logits))
+    model, _, x, y = gradcheck_problem(act, loss, from_logits, rng)
+    before = model.get_weights()
+    err = fastnn.gradcheck(model, x, y, eps=GC_EPS)
+    assert err < 1e-6, f"{act} -> {loss} (from_logits={from_logits}): {err:.3g}"
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck_activation_layers_and_dropout(act):
+    """Activation layers (each activation), a LeakyReLU with its own slope and a Dropout,
+    which gradcheck runs in inference mode (off)."""
+    rng = np.random.default_rng(seed_of(act, "layers"))
+    model = Sequential([Dense(5), Activation(act), Dropout(0.5), Dense(4),
+                        LeakyReLU(negative_slope=0.3), Dense(3), Activation("softmax")],
+                       dtype="float64")
+    model.build((None, 3))
+    model.set_weights(random_weights(model, rng))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = rng.standard_normal((7, 3))
+    y = rng.integers(0, 3, size=7)
+    assert fastnn.gradcheck(model, x, y, eps=GC_EPS) < 1e-6
+
+
+def test_gradcheck_float32_model():
+    """gradcheck runs on a float64 copy: a float32 model checks as well."""
+    rng = np.random.default_rng(31)
+    model = Sequential([Dense(5, activation="tanh"), Dense(2, activation="sigmoid")])
+    model.build((None, 3))
+    model.set_weights(random_weights(model, rng))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = rng.standard_normal((8, 3))
+    y = rng.integers(0, 2, size=(8, 2))
+    assert fastnn.gradcheck(model, x, y, eps=GC_EPS) < 1e-6
+
+
+# ---- thread-count independence of whole training steps -------------------------------
+
+def big_problem(rng, features=128, hidden=257, classes=3, n=300):
+    """B x hidden above FASTNN_PARALLEL_MIN, and more than 32768 parameters, so every
+    kernel of the step (dense, activations, loss, optimizer) forks threads."""
+    layers = [(rng.standard_normal((features, hidden)) / np.sqrt(features),
+               rng.standard_normal(hidden) * 0.1, "relu", 0.01),
+              (rng.standard_normal((hidden, classes)) / np.sqrt(hidden),
+               rng.standard_normal(classes) * 0.1, "softmax", 0.01)]
+    x = rng.standard_normal((n, features))
+    y = rng.integers(0, classes, size=(n, 1)).astype(np.float64)
+    return layers, x, y
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam", "rmsprop_momentum"])
+def test_network_train_threads_bit_identical(opt):
+    """Two training steps (dropout on) through Network.train with nthreads 1 and 2 (BLAS
+    held at one thread by the fixture): bit-identical loss, parameters and state."""
+    rng = np.random.default_rng(seed_of(opt, "threads"))
+    layers, x, y = big_problem(rng)
+    kind = {"sgd_momentum": (0, 0.1, 0, 0, 0, 0, 0.9), "adam": (1, 0.01, 0.9, 0.999, 1e-7, 0, 0),
+            "rmsprop_momentum": (2, 0.01, 0, 0, 1e-7, 0.9, 0.5)}[opt]
+    results = {}
+    for nt in (1, 2):
+        net, params, grads = network_from_layers(layers, dropout=(0, 0.25))
+        assert params.size > 32768
+        net.set_loss(K.LOSSES[SPARSE], False, True, [K.METRICS["sparse_categorical_accuracy"]])
+        slot1, slot2 = np.zeros_like(params), np.zeros_like(params)
+        code, lr, b1, b2, eps, rho, mom = kind
+        net.set_optimizer(code, lr, b1, b2, eps, rho, mom, False, 0, slot1, slot2)
+        order = np.arange(len(x), dtype=np.int64)
+        loss_sum, metric_sums = net.train(x, y, order, 0, 1, len(x), 7, nt)
+        loss_sum2, _ = net.train(x, y, order, 0, 1, len(x), 8, nt)
+        results[nt] = (params.copy(), slot1.copy(), slot2.copy(), loss_sum, loss_sum2,
+                       metric_sums)
+    # the first step's loss and gradient do not involve the optimizer
+    assert results[1][3] == results[2][3] and results[1][5] == results[2][5]
+    for name, a, b in zip(("params", "slot1", "slot2"), results[1][:3], results[2][:3]):
+        diff = np.flatnonzero(a != b)
+        assert diff.size == 0, (f"{opt}: {name} after 2 steps differs between nthreads=1 and "
+                                f"2 at {diff.size} of {a.size} elements, first {diff[:5].tolist()}")
+    assert results[1][4] == results[2][4]
+
+
+def test_network_loss_grad_threads_bit_identical():
+    rng = np.random.default_rng(41)
+    layers, x, y = big_problem(rng)
+    out = {}
+    for nt in (1, 2):
+        net, params, grads = network_from_layers(layers)
+        net.set_loss(K.LOSSES[SPARSE], False, True)
+        out[nt] = (net.loss_grad(x, y, nt), grads.copy())
+    assert out[1][0] == out[2][0]
+    assert np.array_equal(out[1][1], out[2][1])
+    # and it is the reference gradient
+    value, grads_ref = ref.network_loss_and_grads(layers, x, y, SPARSE)
+    assert out[1][0] == pytest.approx(value, rel=1e-12)
+    for g, e in zip(unflatten(out[1][1], layers), grads_ref):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12 * np.max(np.abs(e)))
+
+
+def test_fit_threads_bit_identical():
+    """The public contract: the same seed and data give bit-identical weights whatever the
+    thread count (here with shuffling and dropout on, over several steps)."""
+    rng = np.random.default_rng(51)
+    x = rng.standard_normal((600, 64))
+    y = rng.integers(0, 2, size=(600, 1))
+    init = None
+    results = []
+    for nt in (1, 2):
+        model = Sequential([Dense(600, activation="relu"), Dropout(0.3),
+                            Dense(1, activation="sigmoid")], dtype="float64")
+        model.build((None, 64))
+        if init is None:
+            init = random_weights(model, rng)
+        model.set_weights(init)
+        model.compile(optimizer=Adam(learning_rate=0.01), loss="binary_crossentropy")
+        with fastnn.num_threads(nt):
+            model.fit(x, y, batch_size=200, epochs=2, seed=3, verbose=0)
+        results.append(model.get_weights())
+    for i, (a, b) in enumerate(zip(*results)):
+        diff = np.flatnonzero(a != b)
+        assert diff.size == 0, (
+            f"weights[{i}] differ between fastnn.num_threads(1) and (2) at {diff.size} of "
+            f"{a.size} elements (fit runs BLAS with fastnn's thread count, and OpenBLAS' "
+            f"dgemm rounds differently on 1 and 2 threads)")
+
+
+# ---- float32 networks, shuffling, bad labels at the C level ------------------------------
+
+def test_float32_network_matches_reference():
+    """The float32 branch of Network.loss_grad / predict / evaluate / train."""
+    rng = np.random.default_rng(61)
+    def f32(a):  # values a float32 network holds exactly
+        return a.astype(np.float32).astype(np.float64)
+
+    layers = [(f32(rng.standard_normal((9, 17)) / 3), f32(rng.standard_normal(17) * 0.1),
+               "tanh", 0.01),
+              (f32(rng.standard_normal((17, 4)) / 4), f32(rng.standard_normal(4) * 0.1),
+               "softmax", 0.01)]
+    x = rng.standard_normal((31, 9)).astype(np.float32)
+    y = rng.integers(0, 4, size=(31, 1)).astype(np.float32)
+    net, params, grads = network_from_layers(layers, np.float32)
+    assert params.dtype == np.float32
+    net.set_loss(K.LOSSES[SPARSE], False, True, [K.METRICS["sparse_categorical_accuracy"]])
+    value = net.loss_grad(x, y)
+    value_ref, grads_ref = ref.network_loss_and_grads(layers, x, y, SPARSE)
+    assert value == pytest.approx(value_ref, rel=1e-5)
+    for g, e in zip(unflatten(grads, layers), grads_ref):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.max(np.abs(e)))
+    out = net.predict(x, np.empty((31, 4), np.float32), 8, 1)
+    np.testing.assert_allclose(out, ref.network_forward(layers, x)[-1][2], rtol=1e-5, atol=1e-6)
+    loss_sum, (hits,) = net.evaluate(x, y, 8, 1)
+    assert loss_sum / 31 == pytest.approx(value_ref, rel=1e-5)
+    assert hits == ref.sparse_categorical_accuracy(out, y) * 31
+    slot1, slot2 = np.zeros_like(params), np.zeros_like(params)
+    net.set_optimizer(0, 0.1, 0, 0, 0, 0, 0.9, False, 0, slot1, slot2)
+    order = np.arange(31, dtype=np.int64)
+    net.train(x, y, order, 0, 1, 31, 0, 1)
+    expected, _, _ = ref.reference_train_step(layers, x, y, SPARSE, False,
+                                              {"name": "sgd", "learning_rate": 0.1,
+                                               "momentum": 0.9})
+    for p, e in zip(unflatten(params, layers), ref.network_weights(expected)):
+        np.testing.assert_allclose(p, e, rtol=1e-5, atol=1e-6)
+    assert net.iterations == 1
+
+
+def test_sparse_label_out_of_range_in_network_gives_nan():
+    """The Python layer rejects bad class ids; the compiled Network itself must still give
+    a NaN loss rather than read out of bounds."""
+    rng = np.random.default_rng(71)
+    layers = [(rng.standard_normal((3, 4)), rng.standard_normal(4), "softmax", 0.01)]
+    x = rng.standard_normal((5, 3))
+    for dtype in (np.float64, np.float32):
+        for bad in (4.0, -1.0, 1e9, 0.5, np.nan):
+            for fused, from_logits in ((True, False), (False, True)):
+                net, params, grads = network_from_layers(layers, dtype)
+                net.set_loss(K.LOSSES[SPARSE], from_logits, fused)
+                y = np.array([[0], [1], [bad], [3], [2]], dtype=dtype)
+                assert np.isnan(net.loss_grad(x.astype(dtype), y))
+                assert np.all(np.isfinite(grads))
+                assert np.isnan(net.evaluate(x.astype(dtype), y, 2, 1)[0])
+
+
+def test_shuffle_is_a_seeded_permutation():
+    for n in (1, 2, 7, 1000):
+        a = np.empty(n, dtype=np.int64)
+        b = np.empty(n, dtype=np.int64)
+        K.shuffle(a, 12345)
+        K.shuffle(b, 12345)
+        assert np.array_equal(np.sort(a), np.arange(n))
+        assert np.array_equal(a, b)
+    c = np.empty(1000, dtype=np.int64)
+    K.shuffle(c, 12346)
+    assert not np.array_equal(a, c)
+    K.shuffle(np.empty(0, dtype=np.int64), 1)  # empty: no crash
