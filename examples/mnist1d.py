@@ -84,7 +84,7 @@ def train_torch(x, y, x_test, y_test, seed, epochs):
     seconds = time.perf_counter() - start
     with torch.no_grad():
         pred = model(torch.from_numpy(x_test[:, None, :])).argmax(1).numpy()
-    return float((pred == y_test).mean()), seconds, float(loss)
+    return float((pred == y_test).mean()), seconds, float(loss.detach())
 
 
 def main():
