@@ -93,10 +93,16 @@ void FN(activation_backward_rows)(real *dz, const real *da, const real *z, const
         for (ptrdiff_t i = begin; i < end; i++) dz[i] = da[i] * a[i] * ((real)1 - a[i]);
         break;
     case ACT_RELU: /* a = max(z, 0) */
-        for (ptrdiff_t i = begin; i < end; i++) dz[i] = z[i] > 0 ? da[i] : (real)0;
+        for (ptrdiff_t i = begin; i < end; i++) {
+            real g = da[i]; /* loaded unconditionally, so the select vectorizes */
+            dz[i] = z[i] > 0 ? g : (real)0;
+        }
         break;
     case ACT_LEAKY_RELU: /* a = z > 0 ? z : slope z */
-        for (ptrdiff_t i = begin; i < end; i++) dz[i] = z[i] > 0 ? da[i] : slope * da[i];
+        for (ptrdiff_t i = begin; i < end; i++) {
+            real factor = z[i] > 0 ? (real)1 : slope;
+            dz[i] = da[i] * factor;
+        }
         break;
     case ACT_TANH: /* a = tanh z  =>  da/dz = 1 - a^2 */
         for (ptrdiff_t i = begin; i < end; i++) dz[i] = da[i] * ((real)1 - a[i] * a[i]);

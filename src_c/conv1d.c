@@ -18,6 +18,8 @@
 #undef FASTNN_TEMPLATE
 #else
 
+/* A window's steps are contiguous in x, so each row of cols is one copy of K*C values,
+ * with zeros for the steps that fall outside the input ("same" padding). */
 void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout, int K,
                        int stride, int pad_left, int nthreads)
 {
@@ -32,14 +34,12 @@ void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout,
             for (int t = 0; t < Lout; t++) {
                 real *row = cols + (bi * Lout + t) * row_len;
                 int start = t * stride - pad_left;
-                for (int k = 0; k < K; k++) {
-                    int step = start + k;
-                    if (step >= 0 && step < L) {
-                        memcpy(row + (ptrdiff_t)k * C, xs + (ptrdiff_t)step * C, sizeof(real) * (size_t)C);
-                    } else {
-                        memset(row + (ptrdiff_t)k * C, 0, sizeof(real) * (size_t)C);
-                    }
-                }
+                int lo = start < 0 ? 0 : start;              /* first step inside x */
+                int hi = start + K > L ? L : start + K;      /* one past the last */
+                size_t before = (size_t)(lo - start) * C, inside = (size_t)(hi - lo) * C;
+                memset(row, 0, sizeof(real) * before);
+                memcpy(row + before, xs + (ptrdiff_t)lo * C, sizeof(real) * inside);
+                memset(row + before + inside, 0, sizeof(real) * ((size_t)row_len - before - inside));
             }
         }
     }
@@ -58,17 +58,14 @@ void FN(conv1d_col2im)(real *dx, const real *dcols, int B, int L, int C, int Lou
         for (ptrdiff_t bi = b0; bi < b1; bi++) {
             real *dxs = dx + bi * L * C;
             memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
-            /* Every output step adds its receptive field's gradient back, in a fixed order. */
+            /* Each output step adds its window's gradient back, in a fixed order. */
             for (int t = 0; t < Lout; t++) {
-                const real *row = dcols + (bi * Lout + t) * row_len;
                 int start = t * stride - pad_left;
-                for (int k = 0; k < K; k++) {
-                    int step = start + k;
-                    if (step < 0 || step >= L) continue;
-                    real *dst = dxs + (ptrdiff_t)step * C;
-                    const real *src = row + (ptrdiff_t)k * C;
-                    for (int c = 0; c < C; c++) dst[c] += src[c];
-                }
+                int lo = start < 0 ? 0 : start, hi = start + K > L ? L : start + K;
+                const real *src = dcols + (bi * Lout + t) * row_len + (ptrdiff_t)(lo - start) * C;
+                real *dst = dxs + (ptrdiff_t)lo * C;
+                ptrdiff_t count = (ptrdiff_t)(hi - lo) * C;
+                for (ptrdiff_t i = 0; i < count; i++) dst[i] += src[i];
             }
         }
         fastnn_ftz_leave(csr);

@@ -22,14 +22,15 @@
  * same call whatever the threads: results are bit-identical with 1 thread or many (a
  * multi-threaded BLAS rounds differently from a single-threaded one). The Python layer
  * holds the BLAS at one thread around fastnn's work, so the threads never oversubscribe. */
-#define GEMM_PANEL_MIN_FLOPS 4000000.0
+#define GEMM_PANEL_MIN_FLOPS 1000000.0
 
+/* Panel count: 1 for products too small to share; otherwise an even count (so two
+ * threads split evenly), more for larger products, each panel at least 32 rows. */
 static int FN(gemm_panels)(int rows, double flops)
 {
-    if (flops < GEMM_PANEL_MIN_FLOPS || rows < 32) return 1;
-    int pairs = rows / 64; /* an even count splits evenly over two threads */
-    if (pairs < 1) pairs = 1;
-    if (pairs > 4) pairs = 4;
+    if (flops < GEMM_PANEL_MIN_FLOPS || rows < 64) return 1;
+    int pairs = flops < 16e6 ? 1 : (flops < 64e6 ? 2 : 4);
+    if (pairs > rows / 64) pairs = rows / 64;
     return 2 * pairs;
 }
 
@@ -75,12 +76,16 @@ void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const rea
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t r0, r1;
         fastnn_thread_range(B, &r0, &r1);
-        for (ptrdiff_t r = r0; r < r1; r++) {
-            real *zr = z + r * OC;
+        /* Bias then activation on blocks of rows small enough to stay in cache. */
+        for (ptrdiff_t c0 = r0; c0 < r1; c0 += 16) {
+            ptrdiff_t c1 = c0 + 16 < r1 ? c0 + 16 : r1;
             if (b) {
-                for (int j = 0; j < OC; j++) zr[j] += b[j];
+                for (ptrdiff_t r = c0; r < c1; r++) {
+                    real *zr = z + r * OC;
+                    for (int j = 0; j < OC; j++) zr[j] += b[j];
+                }
             }
-            FN(activation_forward_rows)(a, z, r, r + 1, OC, act, slope);
+            FN(activation_forward_rows)(a, z, c0, c1, OC, act, slope);
         }
         fastnn_ftz_leave(csr);
     }
