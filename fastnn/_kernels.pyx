@@ -111,6 +111,8 @@ cdef extern from "network.h" nogil:
     void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
     void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
+    int all_finite_f32(const float *x, ptrdiff_t n)
+    int all_finite_f64(const double *x, ptrdiff_t n)
     void network_predict_f32(const nn_model *m, nn_workspace *ws, float *out, const float *x, ptrdiff_t n, int nthreads)
     void network_predict_f64(const nn_model *m, nn_workspace *ws, double *out, const double *x, ptrdiff_t n, int nthreads)
     void network_evaluate_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums, int nthreads)

@@ -132,14 +132,24 @@ cdef class Network:
                 network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
         return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
 
-    def predict(self, x, cnp.ndarray out, int batch, int nthreads):
-        """out[:] = the network's output for x (inference mode). Safe from many threads:
-        each call has its own workspace."""
+    def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):
+        """out[:] = the network's output for x (inference mode); with check_finite, returns
+        False without computing when x holds NaN or inf. Safe from many threads: each call
+        has its own workspace."""
         cdef ptrdiff_t n = x.shape[0]
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *outp = _data(out, self.dtype, (n, self.out_dim), "out")
         cdef nn_workspace *ws
+        cdef bint finite = True
         batch = max(1, min(batch, n))
+        if check_finite:
+            with nogil:
+                if self.model.is_double:
+                    finite = all_finite_f64(<double *>xp, n * self.in_dim)
+                else:
+                    finite = all_finite_f32(<float *>xp, n * self.in_dim)
+            if not finite:
+                return False
         with nogil:
             ws = network_workspace_new(&self.model, batch, 1)
             if ws != NULL:
@@ -150,7 +160,7 @@ cdef class Network:
                 network_workspace_free(ws)
         if ws == NULL:
             raise MemoryError(f"cannot allocate buffers for batch size {batch}")
-        return out
+        return True
 
     def evaluate(self, x, y, int batch, int nthreads):
         """(loss_sum, metric_sums) over all rows, inference mode."""

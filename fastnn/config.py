@@ -1,5 +1,6 @@
 """Process-wide settings: the default float type, the random seed and the thread count."""
 import contextlib
+import functools
 import os
 import threading
 
@@ -49,14 +50,26 @@ def rng():
     return _rng
 
 
-def _default_threads():
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+@functools.lru_cache(maxsize=None)
+def _threads_for(env, affinity):
+    env = env.split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
+    return max(1, affinity)
+
+
+def _default_threads():
+    return _threads_for(os.environ.get("OMP_NUM_THREADS", ""), _affinity())
+
+
+@functools.lru_cache(maxsize=None)
+def _affinity():
+    """The CPUs this process may run on, read once (a per-call system call would cost
+    more than a one-sample predict)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        return os.cpu_count() or 1
 
 
 def get_num_threads():

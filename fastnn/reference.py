@@ -527,3 +527,141 @@ def reference_train_step(layers, x, y, loss, from_logits=False, optimizer=None, 
     value, grads = network_loss_and_grads(layers, x, y, loss, from_logits)
     weights, state = optimizer_step(network_weights(layers), grads, optimizer, state)
     return network_with_weights(layers, weights), state, value
+
+
+# ---------------------------------------------------------------------------
+# 1-D convolution and pooling (channels-last, as Keras)
+# ---------------------------------------------------------------------------
+#
+# Layout: x is (B, L, C): B samples of L steps of C channels.  A Conv1D kernel w
+# is (K, C, F) as Keras' get_weights() gives it, the bias b is (F,), and z, a are
+# (B, Lout, F).  Output step t reads input steps t*stride - pad_left + k for
+# k = 0..K-1; steps outside [0, L) read zero (padding="same").
+
+def conv1d_output_length(L, kernel, stride, padding):
+    """Keras' output length and left padding of a window of `kernel` steps moved by
+    `stride` over L steps. Returns (steps_out, pad_left).
+
+    valid: steps_out = (L - K) // s + 1, pad_left = 0 (needs L >= K);
+    same:  steps_out = ceil(L / s), total = max((steps_out - 1) * s + K - L, 0),
+           pad_left = total // 2 (the extra step, if any, goes to the right).
+    """
+    L, kernel, stride = int(L), int(kernel), int(stride)
+    if L < 1 or kernel < 1 or stride < 1:
+        raise ValueError(f"L, kernel, stride must be positive, got {L}, {kernel}, {stride}")
+    if padding == "valid":
+        if L < kernel:
+            raise ValueError(f"input length {L} is shorter than the window {kernel} "
+                             f"with padding='valid'")
+        return (L - kernel) // stride + 1, 0
+    if padding == "same":
+        steps_out = -(-L // stride)
+        total = max((steps_out - 1) * stride + kernel - L, 0)
+        return steps_out, total // 2
+    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+
+
+def _conv1d_padded(x, kernel, stride, padding):
+    """(x zero-padded along steps so every window lies inside, steps_out, pad_left)."""
+    L = x.shape[1]
+    steps_out, pad_left = conv1d_output_length(L, kernel, stride, padding)
+    pad_right = max((steps_out - 1) * stride + kernel - L - pad_left, 0)
+    xp = np.pad(x, ((0, 0), (pad_left, pad_right), (0, 0)))
+    return xp, steps_out, pad_left
+
+
+def conv1d_forward(x, w, b, stride=1, padding="valid", activation="linear", slope=0.01):
+    """1-D convolution (cross-correlation, as Keras). Returns (z, a), each (B, Lout, F).
+
+    z[n, t, f] = b[f] + sum_{k, c} xpad[n, t*stride + k, c] * w[k, c, f],
+    where xpad is x with pad_left zero steps in front (and enough behind);
+    a = act(z) (softmax over the filters axis).
+    """
+    x, w = _f64(x), _f64(w)
+    if x.ndim != 3 or w.ndim != 3 or w.shape[1] != x.shape[2]:
+        raise ValueError(f"expected x (B, L, C) and w (K, C, F), got {x.shape} and {w.shape}")
+    kernel = w.shape[0]
+    xp, steps_out, _ = _conv1d_padded(x, kernel, stride, padding)
+    span = (steps_out - 1) * stride + 1
+    z = np.zeros((x.shape[0], steps_out, w.shape[2]))
+    for k in range(kernel):
+        # the k-th tap of every window: steps k, k + s, ..., k + (Lout-1) s
+        z += xp[:, k:k + span:stride, :] @ w[k]
+    if b is not None:
+        z = z + _f64(b)
+    return z, activation_forward(z, activation, slope)
+
+
+def conv1d_backward(da, x, w, z, a, stride=1, padding="valid", activation="linear",
+                    slope=0.01):
+    """Gradients of conv1d_forward given da = dL/da. Returns (dx, dw, db).
+
+    dz = activation_backward(da, z, a);
+    dw[k, c, f] = sum_{n, t} xpad[n, t*s + k, c] dz[n, t, f];
+    db[f] = sum_{n, t} dz[n, t, f];
+    dxpad[n, t*s + k, c] += sum_f dz[n, t, f] w[k, c, f], and dx = dxpad without the
+    padded steps (their gradient is dropped).
+    """
+    x, w = _f64(x), _f64(w)
+    kernel = w.shape[0]
+    L = x.shape[1]
+    xp, steps_out, pad_left = _conv1d_padded(x, kernel, stride, padding)
+    dz = activation_backward(da, z, a, activation, slope)
+    span = (steps_out - 1) * stride + 1
+    dw = np.zeros_like(w)
+    dxp = np.zeros_like(xp)
+    for k in range(kernel):
+        taps = xp[:, k:k + span:stride, :]                 # (B, Lout, C)
+        dw[k] = np.einsum("ntc,ntf->cf", taps, dz)
+        dxp[:, k:k + span:stride, :] += dz @ w[k].T
+    return dxp[:, pad_left:pad_left + L, :], dw, dz.sum(axis=(0, 1))
+
+
+def maxpool1d_forward(x, pool=2, stride=None, padding="valid"):
+    """Max pooling over steps. Returns (out, argmax), each (B, Lout, C).
+
+    Window t covers steps [t*s - pad_left, t*s - pad_left + pool) clipped to [0, L)
+    ('same' windows ignore the padded steps, as if they held -inf);
+    out[n, t, c] = max over the window of x[n, step, c];
+    argmax[n, t, c] = the input step holding it (the first one on ties), int32.
+    stride defaults to pool (as Keras).
+    """
+    x = _f64(x)
+    stride = pool if stride is None else stride
+    B, L, C = x.shape
+    steps_out, pad_left = conv1d_output_length(L, pool, stride, padding)
+    out = np.empty((B, steps_out, C))
+    argmax = np.empty((B, steps_out, C), dtype=np.int32)
+    for t in range(steps_out):
+        first = t * stride - pad_left
+        lo, hi = max(first, 0), min(first + pool, L)
+        window = x[:, lo:hi, :]                            # (B, hi - lo, C)
+        idx = np.argmax(window, axis=1)                    # first maximum on ties
+        argmax[:, t, :] = lo + idx
+        out[:, t, :] = np.take_along_axis(window, idx[:, None, :], axis=1)[:, 0, :]
+    return out, argmax
+
+
+def maxpool1d_backward(dout, argmax, steps_in):
+    """dx (B, steps_in, C) of max pooling: each output's gradient goes to its argmax
+    step, dx[n, argmax[n, t, c], c] += dout[n, t, c] (overlapping windows add up)."""
+    dout = _f64(dout)
+    argmax = np.asarray(argmax)
+    B, steps_out, C = dout.shape
+    dx = np.zeros((B, int(steps_in), C))
+    n_idx = np.arange(B)[:, None, None]
+    c_idx = np.arange(C)[None, None, :]
+    np.add.at(dx, (np.broadcast_to(n_idx, dout.shape), argmax,
+                   np.broadcast_to(c_idx, dout.shape)), dout)
+    return dx
+
+
+def global_avgpool1d_forward(x):
+    """out[n, c] = (1/L) sum_t x[n, t, c]: (B, L, C) -> (B, C)."""
+    return _f64(x).mean(axis=1)
+
+
+def global_avgpool1d_backward(dout, steps_in):
+    """dx[n, t, c] = dout[n, c] / L for every step t: (B, C) -> (B, L, C)."""
+    dout = _f64(dout)
+    return np.repeat(dout[:, None, :] / steps_in, int(steps_in), axis=1)

@@ -327,6 +327,15 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
     fastnn_ftz_leave(csr);
 }
 
+FASTNN_VECTORIZED
+int FN(all_finite)(const real *x, ptrdiff_t n)
+{
+    /* x - x is 0 for finite x and NaN for NaN or inf; the sum stays 0 only if all are. */
+    real acc = 0;
+    for (ptrdiff_t i = 0; i < n; i++) acc += x[i] - x[i];
+    return acc == 0;
+}
+
 void FN(network_predict)(const nn_model *m, nn_workspace *ws, real *out, const real *x,
                          ptrdiff_t n, int nthreads)
 {

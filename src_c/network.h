@@ -99,6 +99,8 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
                              const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,      \
                              ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum,  \
                              double *metric_sums, int nthreads);                           \
+    /* Whether all n values are finite (no NaN or inf). */                                 \
+    int all_finite_##sfx(const real *x, ptrdiff_t n);                                      \
     /* Inference: out (n x out_dim of the last layer) from x, in batches of ws->batch. */  \
     void network_predict_##sfx(const nn_model *m, nn_workspace *ws, real *out,             \
                                const real *x, ptrdiff_t n, int nthreads);                  \

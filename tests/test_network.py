@@ -483,7 +483,8 @@ def test_float32_network_matches_reference():
     assert value == pytest.approx(value_ref, rel=1e-5)
     for g, e in zip(unflatten(grads, layers), grads_ref):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.max(np.abs(e)))
-    out = net.predict(x, np.empty((31, 4), np.float32), 8, 1)
+    out = np.empty((31, 4), np.float32)
+    assert net.predict(x, out, 8, 1)
     np.testing.assert_allclose(out, ref.network_forward(layers, x)[-1][2], rtol=1e-5, atol=1e-6)
     loss_sum, (hits,) = net.evaluate(x, y, 8, 1)
     assert loss_sum / 31 == pytest.approx(value_ref, rel=1e-5)
