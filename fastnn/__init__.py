@@ -13,11 +13,12 @@ from .config import (floatx, get_num_threads, num_threads, set_floatx, set_num_t
                      set_random_seed)
 from .gradcheck import gradcheck
 from .models import Sequential
+from .saving import load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "gradcheck", "set_num_threads", "get_num_threads", "num_threads",
+    "Sequential", "load_model", "gradcheck", "set_num_threads", "get_num_threads", "num_threads",
     "set_random_seed", "set_floatx", "floatx", "activations", "callbacks", "layers",
     "losses", "optimizers", "reference",
 ]

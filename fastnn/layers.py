@@ -96,6 +96,21 @@ def _initializer(identifier, name):
                      f"(shape, rng) -> array, got {identifier!r}")
 
 
+def _initializer_name(fn):
+    """The registered name of an initializer function (None for a custom callable)."""
+    return next((name for name, f in INITIALIZERS.items() if f is fn), None)
+
+
+def _with_initializers(config, layer):
+    """config plus the layer's initializer names (custom callables cannot be saved and are
+    left out: from_config then uses the defaults)."""
+    for key in ("kernel_initializer", "bias_initializer"):
+        name = _initializer_name(getattr(layer, key))
+        if name is not None:
+            config[key] = name
+    return config
+
+
 # ---- layers -----------------------------------------------------------------------------
 
 def _snake_case(name):
@@ -172,6 +187,11 @@ class Layer:
     def get_config(self):
         return {"name": self.name}
 
+    @classmethod
+    def from_config(cls, config):
+        """A new layer from a get_config() dict, as Keras."""
+        return cls(**config)
+
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
 
@@ -182,6 +202,10 @@ class Input(Layer):
     def __init__(self, shape, name=None):
         super().__init__(name)
         self.shape = _shape_tuple(shape, "shape")
+
+
+    def get_config(self):
+        return {"name": self.name, "shape": list(self.shape)}
 
 
 class Dense(Layer):
@@ -219,6 +243,14 @@ class Dense(Layer):
                 "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None}
 
 
+    def get_config(self):
+        shape = getattr(self, "declared_input_shape", None)
+        return _with_initializers({
+            "name": self.name, "units": self.units, "activation": self.activation,
+            "use_bias": self.use_bias, "input_shape": None if shape is None else list(shape)},
+            self)
+
+
 class Activation(Layer):
     """Applies an activation to its input."""
 
@@ -237,6 +269,10 @@ class Activation(Layer):
                 "steps_in": width // channels, "channels_in": channels}
 
 
+    def get_config(self):
+        return {"name": self.name, "activation": self.activation}
+
+
 class LeakyReLU(Activation):
     """leaky_relu with a chosen negative slope (default 0.01)."""
 
@@ -246,6 +282,10 @@ class LeakyReLU(Activation):
         if not math.isfinite(slope):
             raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
         self.negative_slope = slope
+
+
+    def get_config(self):
+        return {"name": self.name, "negative_slope": self.negative_slope}
 
 
 class Dropout(Layer):
@@ -263,6 +303,10 @@ class Dropout(Layer):
         width = math.prod(self.input_shape)
         return {"kind": "dropout", "in_dim": width, "out_dim": width, "act": 0,
                 "slope": 0.0, "rate": self.rate, "w": None, "b": None}
+
+
+    def get_config(self):
+        return {"name": self.name, "rate": self.rate}
 
 
 # ---- 1-D layers (channels-last: per-sample shape (steps, channels)) ---------------------
@@ -334,6 +378,15 @@ class Conv1D(Layer):
                 "kernel": self.kernel_size, "stride": self.strides, "pad_left": pad_left}
 
 
+    def get_config(self):
+        shape = getattr(self, "declared_input_shape", None)
+        return _with_initializers({
+            "name": self.name, "filters": self.filters, "kernel_size": self.kernel_size,
+            "strides": self.strides, "padding": self.padding, "activation": self.activation,
+            "use_bias": self.use_bias, "input_shape": None if shape is None else list(shape)},
+            self)
+
+
 class MaxPooling1D(Layer):
     """Maximum over windows of pool_size steps, moved by strides (default pool_size)."""
 
@@ -360,6 +413,11 @@ class MaxPooling1D(Layer):
                 "act": 0, "slope": 0.0, "rate": 0.0, "w": None, "b": None,
                 "steps_in": steps, "channels_in": channels, "steps_out": steps_out,
                 "kernel": self.pool_size, "stride": self.strides, "pad_left": pad_left}
+
+
+    def get_config(self):
+        return {"name": self.name, "pool_size": self.pool_size, "strides": self.strides,
+                "padding": self.padding}
 
 
 class GlobalAveragePooling1D(Layer):

@@ -22,6 +22,11 @@ class Loss:
     def get_config(self):
         return {"name": self.name, "from_logits": self.from_logits}
 
+    @classmethod
+    def from_config(cls, config):
+        """A new loss from a get_config() dict ("name" is the class's own)."""
+        return cls(**{k: v for k, v in config.items() if k != "name"})
+
     def __repr__(self):
         return f"{type(self).__name__}(from_logits={self.from_logits})"
 
@@ -40,6 +45,9 @@ class MeanSquaredError(Loss):
 
     def __repr__(self):
         return "MeanSquaredError()"
+
+    def get_config(self):
+        return {"name": self.name}
 
 
 class SparseCategoricalCrossentropy(Loss):

@@ -174,6 +174,7 @@ class Sequential:
             specs.append({"kind": "activation", "in_dim": width, "out_dim": width, "act": 0,
                           "slope": 0.0, "rate": 0.0, "w": None, "b": None})
         self._input_shape = input_shape
+        self._output_shape = tuple(self._output_shape_for(input_shape))
         self._params, self._grads = params, grads
         # The largest matrix product per sample row, to tell when BLAS could use threads.
         self._widest_product = max([s["in_dim"] * s["out_dim"] for s in specs if s["w"] is not None] or [0])
@@ -265,7 +266,11 @@ class Sequential:
         else:
             arr = check.samples(x, name, self.dtype, self._declared_input_shape(),
                                 self._input_rank())
-            self._output_shape_for(arr.shape[1:])
+            try:
+                self._output_shape_for(arr.shape[1:])
+            except ValueError as err:
+                raise ValueError(f"{name}: samples of shape {arr.shape[1:]} do not fit the "
+                                 f"model: {err}") from None
         return arr.reshape(arr.shape[0], -1), tuple(arr.shape[1:])
 
     def _prepare_xy(self, x, y, xname="x", yname="y"):
@@ -401,20 +406,30 @@ class Sequential:
         """The last layer's output for x, as an (n, outputs) array of the model's dtype."""
         if batch_size is not None:
             batch_size = check.integer(batch_size, "batch_size", 1)
+        batch = batch_size or _PREDICT_BATCH
+        net = self._network
+        if (net is not None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
+                and x.shape[1] == net.in_dim and len(self._input_shape) == 1 and x.shape[0]
+                and x.flags.c_contiguous):
+            # Already in the network's layout: the per-request path of an app (no copy; the
+            # finiteness check runs in C).
+            out = np.empty((x.shape[0],) + self._output_shape, dtype=self.dtype)
+            if self._predict_into(x, out.reshape(x.shape[0], -1), batch, check_finite=True):
+                return out
         xa, sample_shape = self._prepare_x(x)
         if self._network is None:
             self._build(sample_shape)
-        out = np.empty((xa.shape[0],) + tuple(self._output_shape_for(sample_shape)), dtype=self.dtype)
-        flat = out.reshape(xa.shape[0], -1)
+        out = np.empty((xa.shape[0],) + self._output_shape, dtype=self.dtype)
+        self._predict_into(xa, out.reshape(xa.shape[0], -1), batch)
+        return out
+
+    def _predict_into(self, xa, flat, batch, check_finite=False):
         nthreads = config.get_num_threads()
-        batch = batch_size or _PREDICT_BATCH
         if min(batch, xa.shape[0]) * self._widest_product < 65536:
             # Products this small never use BLAS threads: skip the cost of pinning them.
-            self._network.predict(xa, flat, batch, nthreads)
-        else:
-            with config.blas_threads(1):
-                self._network.predict(xa, flat, batch, nthreads)
-        return out
+            return self._network.predict(xa, flat, batch, nthreads, check_finite)
+        with config.blas_threads(1):
+            return self._network.predict(xa, flat, batch, nthreads, check_finite)
 
     def __call__(self, x):
         return self.predict(x)
@@ -519,3 +534,20 @@ class Sequential:
 
     def __repr__(self):
         return f"<Sequential name={self.name!r} layers={len(self.layers)} dtype={self.dtype}>"
+
+    # ---- saving (the format: fastnn/saving.py) -----------------------------------------
+
+    def save(self, path):
+        """Writes architecture, weights, compile settings and optimizer state to `path`
+        (a zip of JSON and .npy; no pickle), atomically. `fastnn.load_model` reads it."""
+        from . import saving
+        saving.save_model(self, path)
+
+    def __getstate__(self):
+        """Pickle and deepcopy use the saved file's contents: (config, arrays)."""
+        from . import saving
+        return saving.get_state(self)
+
+    def __setstate__(self, state):
+        from . import saving
+        saving.set_state(self, state)

@@ -48,6 +48,11 @@ class Optimizer:
     def get_config(self):
         return {k: v for k, v in vars(self).items() if k not in ("slots", "iterations")}
 
+    @classmethod
+    def from_config(cls, config):
+        """A new optimizer (fresh state) from a get_config() dict."""
+        return cls(**config)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
