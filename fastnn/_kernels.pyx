@@ -80,6 +80,7 @@ cdef extern from "network.h" nogil:
         double rate
         int steps_in, channels_in, steps_out
         int kernel, stride, pad_left
+        double l2_per_batch
         void *w
         void *b
         void *dw
@@ -91,6 +92,7 @@ cdef extern from "network.h" nogil:
         int loss
         int from_logits
         int fused
+        double loss_scale
         int n_metrics
         int metrics[8]
         void *gemm

@@ -55,6 +55,7 @@ cdef class Network:
             L.steps_in, L.channels_in = s.get("steps_in", 1), s.get("channels_in", s["in_dim"])
             L.steps_out = s.get("steps_out", 1)
             L.kernel, L.stride, L.pad_left = s.get("kernel", 1), s.get("stride", 1), s.get("pad_left", 0)
+            L.l2_per_batch = s.get("l2_per_batch", 0.0)
             L.w = L.dw = L.b = L.db = NULL
             if s.get("w") is not None:
                 offset = s["w"]
@@ -65,6 +66,7 @@ cdef class Network:
         self.in_dim = specs[0]["in_dim"]
         self.out_dim = specs[len(specs) - 1]["out_dim"]
         self.model.loss = -1
+        self.model.loss_scale = 1.0
         self.model.n_metrics = 0
         self.opt.kind = -1
 
@@ -72,10 +74,13 @@ cdef class Network:
         network_workspace_free(self.ws)
         free(self.model.layers)
 
-    def set_loss(self, int loss, bint from_logits, bint fused, metrics=()):
+    def set_loss(self, int loss, bint from_logits, bint fused, metrics=(), double scale=1.0):
+        """The loss (times scale, e.g. 0.5 for scikit-learn's half squared error) and the
+        metric codes to accumulate."""
         if len(metrics) > NN_MAX_METRICS:
             raise ValueError(f"at most {NN_MAX_METRICS} metrics are supported")
         self.model.loss, self.model.from_logits, self.model.fused = loss, from_logits, fused
+        self.model.loss_scale = scale
         self.model.n_metrics = len(metrics)
         for k, code in enumerate(metrics):
             self.model.metrics[k] = code

@@ -123,6 +123,9 @@ class Layer:
     """Base class: a name, an input/output shape once built, and its parameters."""
 
     input_rank = None  # per-sample rank the layer needs as a first layer (None: any)
+    # scikit-learn's L2 penalty on the kernel, alpha: loss += 0.5 alpha ||W||^2 / batch rows
+    # (set by fastnn.sklearn; Keras layers have none)
+    l2_per_batch = 0.0
 
     _counts = {}
 
@@ -240,7 +243,8 @@ class Dense(Layer):
     def spec(self, offsets):
         return {"kind": "dense", "in_dim": self.input_shape[0], "out_dim": self.units,
                 "act": ACTIVATIONS[self.activation], "slope": activations.DEFAULT_LEAKY_SLOPE,
-                "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None}
+                "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None,
+                "l2_per_batch": self.l2_per_batch}
 
 
     def get_config(self):
@@ -374,6 +378,7 @@ class Conv1D(Layer):
         return {"kind": "conv1d", "in_dim": steps * channels, "out_dim": steps_out * self.filters,
                 "act": ACTIVATIONS[self.activation], "slope": activations.DEFAULT_LEAKY_SLOPE,
                 "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None,
+                "l2_per_batch": self.l2_per_batch,
                 "steps_in": steps, "channels_in": channels, "steps_out": steps_out,
                 "kernel": self.kernel_size, "stride": self.strides, "pad_left": pad_left}
 

@@ -63,6 +63,7 @@ class Sequential:
         self.optimizer = self.loss = None
         self._metric_names = []
         self.compiled = False
+        self._loss_scale = 1.0  # 0.5: scikit-learn's half squared error (fastnn.sklearn)
         self.stop_training = False
         self.history = None
         for layer in layers or []:
@@ -248,7 +249,7 @@ class Sequential:
         """Hands the loss and metrics to a compiled network built from this model."""
         if self.loss is not None:
             network.set_loss(LOSSES[self.loss.name], self.loss.from_logits, self._fused(),
-                             self._metric_kernels())
+                             self._metric_kernels(), self._loss_scale)
 
     def _require_compiled(self, what):
         if self.loss is None:

@@ -141,6 +141,13 @@ void network_workspace_free(nn_workspace *ws)
 #undef FASTNN_TEMPLATE
 #else
 
+/* Elements of a layer's kernel (its w). */
+static ptrdiff_t FN(kernel_size)(const nn_layer *L)
+{
+    if (L->kind == LAYER_CONV1D) return (ptrdiff_t)L->kernel * L->channels_in * (L->out_dim / L->steps_out);
+    return (ptrdiff_t)L->in_dim * L->out_dim;
+}
+
 /* Forward through every layer on B rows starting at x; sets ws->z, ws->a. Training mode
  * draws dropout masks from (seed, step). */
 static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int B,
@@ -209,8 +216,26 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
     int last = m->n_layers - 1;
     int K = m->layers[last].out_dim;
     const real *pred = m->fused ? ws->z[last] : ws->a[last];
-    return FN(loss)(m->loss, grad ? (real *)ws->dbuf[last] : NULL, pred, y, B, K,
-                    m->fused ? 1 : m->from_logits, nthreads);
+    real *g = grad ? (real *)ws->dbuf[last] : NULL;
+    double value = FN(loss)(m->loss, g, pred, y, B, K, m->fused ? 1 : m->from_logits, nthreads);
+    if (m->loss_scale != 1.0) {
+        value *= m->loss_scale;
+        if (g) {
+            real scale = (real)m->loss_scale;
+            for (ptrdiff_t i = 0; i < (ptrdiff_t)B * K; i++) g[i] *= scale;
+        }
+    }
+    /* scikit-learn's L2 term: 0.5 l2 ||w||^2 / B per kernel */
+    for (int i = 0; i < m->n_layers; i++) {
+        const nn_layer *L = &m->layers[i];
+        if (L->l2_per_batch <= 0 || !L->w) continue;
+        const real *w = L->w;
+        ptrdiff_t count = FN(kernel_size)(L);
+        double sq = 0;
+        for (ptrdiff_t k = 0; k < count; k++) sq += (double)w[k] * w[k];
+        value += 0.5 * L->l2_per_batch * sq / B;
+    }
+    return value;
 }
 
 static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y, int B,
@@ -270,6 +295,13 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
             for (ptrdiff_t k = 0; k < count; k++) d_in[k] = mask ? d[k] * mask[k] : d[k];
             break;
         }
+        }
+        if (L->l2_per_batch > 0 && L->w) { /* + 0.5 l2 ||w||^2 / B  =>  dw += l2 w / B */
+            real c = (real)(L->l2_per_batch / B);
+            real *dw = L->dw;
+            const real *w = L->w;
+            ptrdiff_t n = FN(kernel_size)(L);
+            for (ptrdiff_t k = 0; k < n; k++) dw[k] += c * w[k];
         }
     }
 }

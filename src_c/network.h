@@ -48,6 +48,8 @@ typedef struct {
     double rate;        /* dropout rate */
     int steps_in, channels_in, steps_out; /* 1-D layers: in_dim = steps_in * channels_in */
     int kernel, stride, pad_left;         /* conv kernel size or pool size, its stride */
+    double l2_per_batch; /* L2 penalty on the kernel, scikit-learn's form: the loss gains
+                            0.5 l2 ||w||^2 / B and dw gains l2 w / B (B: batch rows) */
     void *w, *b;        /* parameters (b NULL without bias), views into the model buffer */
     void *dw, *db;      /* their gradients, views into the gradient buffer */
 } nn_layer;
@@ -59,6 +61,8 @@ typedef struct {
     int loss;           /* LOSS_* */
     int from_logits;    /* as the loss was configured */
     int fused;          /* the last layer's sigmoid/softmax is folded into the loss */
+    double loss_scale;  /* the loss (and its gradient) times this: 0.5 gives
+                           scikit-learn's half squared error */
     int n_metrics;
     int metrics[NN_MAX_METRICS]; /* METRIC_* */
     void *gemm;         /* sgemm_fn or dgemm_fn */
