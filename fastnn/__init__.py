@@ -13,12 +13,13 @@ from .config import (floatx, get_num_threads, num_threads, set_floatx, set_num_t
                      set_random_seed)
 from .gradcheck import gradcheck
 from .models import Sequential
+from .plotting import plot_history
 from .saving import load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "load_model", "gradcheck", "set_num_threads", "get_num_threads", "num_threads",
+    "Sequential", "load_model", "plot_history", "gradcheck", "set_num_threads", "get_num_threads", "num_threads",
     "set_random_seed", "set_floatx", "floatx", "activations", "callbacks", "layers",
     "losses", "optimizers", "reference",
 ]

@@ -29,7 +29,8 @@ def spirals(points_per_class=300, classes=3, noise=0.2, seed=0):
     return np.concatenate(x).astype(np.float32), np.concatenate(y)
 
 
-def train(title, layers, x, y, loss, epochs, show_losses=False, metrics=("accuracy",)):
+def train(title, layers, x, y, loss, epochs, show_losses=False, metrics=("accuracy",),
+          plot=None):
     model = Sequential(layers)
     model.compile(optimizer=Adam(learning_rate=0.01), loss=loss, metrics=list(metrics))
     start = time.perf_counter()
@@ -39,6 +40,11 @@ def train(title, layers, x, y, loss, epochs, show_losses=False, metrics=("accura
     steps = epochs * -(-len(x) // 32)
     print(f"{title:<46} accuracy {accuracy:6.1%}  loss {loss_value:.4f}  "
           f"{epochs} epochs in {seconds:.2f} s ({seconds / steps * 1e6:.0f} us/step)")
+    if plot:
+        try:
+            print(f"    loss and accuracy curves: {fastnn.plot_history(history, plot, title)}")
+        except ImportError:
+            pass  # matplotlib is optional
     if show_losses:
         losses = history.history["loss"]
         for first in range(0, epochs, 10):
@@ -59,7 +65,7 @@ def main():
                    [Dense(64), Dense(64), Dense(3)], x, y, logits, 100)
     relu = train("ReLU hidden layers (2-64-64-3, from logits)",
                  [Dense(64, activation="relu"), Dense(64, activation="relu"), Dense(3)],
-                 x, y, logits, 100, show_losses=True)
+                 x, y, logits, 100, show_losses=True, plot="fastnn_spirals_history.png")
     softmax = train("ReLU + softmax output (from_logits=False)",
                     [Dense(64, activation="relu"), Dense(64, activation="relu"),
                      Dense(3, activation="softmax")], x, y, "sparse_categorical_crossentropy", 100)
