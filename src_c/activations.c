@@ -3,6 +3,8 @@
 #ifndef FASTNN_TEMPLATE
 #define FASTNN_TEMPLATE
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 #include "activations.h"
 #define FASTNN_DOUBLE 0
 #include "real_begin.h"
@@ -25,6 +27,45 @@ real FN(sigmoid)(real z)
     return e / ((real)1 + e);
 }
 
+#if !FASTNN_DOUBLE
+/* e^x for x <= 0 in float, written so that a loop of it vectorizes: round x / ln 2 to an
+ * integer n with the 1.5 * 2^23 trick, reduce r = x - n ln 2 (ln 2 split in two parts so
+ * the product is exact), evaluate a degree-6 minimax polynomial for e^r on
+ * |r| <= ln2 / 2 (relative error about 1e-7), and scale by 2^n through the exponent bits.
+ * Arguments below -87.33 (where e^x leaves the normal floats) give 0. */
+static inline float exp_nonpositive_f32(float x)
+{
+    const float shift = 12582912.0f; /* 1.5 * 2^23 */
+    float xc = x < -87.33f ? -87.33f : x;
+    float n = (xc * 1.44269504088896341f + shift) - shift;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float e = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x < -87.33f ? 0.0f : e * scale;
+}
+
+/* sigmoid over a block, vectorized: e = e^-|z|, sigmoid = 1/(1+e) or e/(1+e). */
+FASTNN_VECTORIZED
+static void sigmoid_block_f32(float *a, const float *z, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float zi = z[i];
+        float e = exp_nonpositive_f32(zi > 0 ? -zi : zi);
+        float s = 1.0f / (1.0f + e);
+        a[i] = zi >= 0 ? s : e * s;
+    }
+}
+#endif
+
 static void FN(softmax_row)(real *a, const real *z, int cols)
 {
     real zmax = z[0];
@@ -46,7 +87,11 @@ void FN(activation_forward_rows)(real *a, const real *z, ptrdiff_t r0, ptrdiff_t
     ptrdiff_t begin = (ptrdiff_t)r0 * cols, end = (ptrdiff_t)r1 * cols;
     switch (act) {
     case ACT_SIGMOID:
+#if FASTNN_DOUBLE
         for (ptrdiff_t i = begin; i < end; i++) a[i] = FN(sigmoid)(z[i]);
+#else
+        sigmoid_block_f32(a + begin, z + begin, end - begin);
+#endif
         break;
     case ACT_RELU:
         for (ptrdiff_t i = begin; i < end; i++) a[i] = z[i] > 0 ? z[i] : (real)0;
