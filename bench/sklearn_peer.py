@@ -1,0 +1,101 @@
+"""fastnn.sklearn.MLPClassifier against scikit-learn's MLPClassifier: the same settings,
+the same data, timed alternately.
+
+    from bench.sklearn_peer import compare
+    compare(n_samples=10000)          # dict: medians, ratio, accuracies
+
+Both estimators get identical parameters (random_state included, so both start from the
+same weights and shuffle alike) and the same float32 or float64 data; each run fits a
+fresh clone. Runs alternate (fastnn, scikit-learn, fastnn, ...) after one untimed
+warm-up of each, so both see the same machine load; the medians are compared.
+"""
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+
+def make_data(n_samples, n_features=784, n_classes=10, seed=0, dtype="float32"):
+    """A synthetic MNIST-shaped problem: 10 Gaussian classes in 784 standardized
+    features, their centers close enough that a network needs most features (about 97%
+    test accuracy after 20 epochs of scikit-learn's default MLP)."""
+    rng = np.random.default_rng(seed)
+    centers = 0.15 * rng.standard_normal((n_classes, n_features))
+    y = rng.integers(0, n_classes, n_samples)
+    x = centers[y] + rng.standard_normal((n_samples, n_features))
+    return x.astype(dtype), y
+
+
+def load(dataset, n_samples, seed, dtype):
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.preprocessing import StandardScaler
+        x, y = load_digits(return_X_y=True)
+        x = StandardScaler().fit_transform(x)
+        if n_samples and n_samples > x.shape[0]:  # tile with jitter to reach n_samples
+            rng = np.random.default_rng(seed)
+            reps = -(-n_samples // x.shape[0])
+            x = np.tile(x, (reps, 1))[:n_samples]
+            x = x + 0.1 * rng.standard_normal(x.shape)
+            y = np.tile(y, reps)[:n_samples]
+        return x.astype(dtype), y
+    return make_data(n_samples, seed=seed, dtype=dtype)
+
+
+def compare(n_samples=10000, seed=0, dataset="synthetic", dtype="float32", runs=5,
+            test_fraction=0.2, **params):
+    """Fits fastnn.sklearn.MLPClassifier and sklearn.neural_network.MLPClassifier with
+    identical settings (scikit-learn's defaults, random_state=seed, max_iter=20, plus
+    **params) on the same data; returns a dict with the median fit seconds of each, their
+    ratio (sklearn / fastnn), the spread, each side's test accuracy, final training loss
+    and iterations."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as SklearnMLP
+
+    from fastnn.sklearn import MLPClassifier as FastnnMLP
+
+    x, y = load(dataset, n_samples, seed, dtype)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    settings = dict(random_state=seed, max_iter=20)
+    settings.update(params)
+    makers = {"fastnn": lambda: FastnnMLP(**settings),
+              "sklearn": lambda: SklearnMLP(**settings)}
+
+    def fit(name):
+        est = makers[name]()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
+            start = time.perf_counter()
+            est.fit(x_train, y_train)
+            elapsed = time.perf_counter() - start
+        return elapsed, est
+
+    for name in makers:  # warm-up: imports, BLAS and thread pools
+        fit(name)
+    times = {name: [] for name in makers}
+    fitted = {}
+    for _ in range(runs):
+        for name in makers:
+            elapsed, est = fit(name)
+            times[name].append(elapsed)
+            fitted[name] = est
+    out = {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1]), "dataset": dataset,
+           "dtype": dtype, "runs": runs, "settings": settings}
+    for name, est in fitted.items():
+        out[f"{name}_s"] = statistics.median(times[name])
+        out[f"{name}_times"] = times[name]
+        out[f"{name}_accuracy"] = float(est.score(x_test, y_test))
+        out[f"{name}_train_loss"] = float(est.loss_)
+        out[f"{name}_n_iter"] = int(est.n_iter_)
+    out["ratio"] = out["sklearn_s"] / out["fastnn_s"]
+    out["accuracy_diff"] = out["fastnn_accuracy"] - out["sklearn_accuracy"]
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    print(json.dumps(compare(n_samples=n), indent=1))

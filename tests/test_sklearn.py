@@ -1,0 +1,381 @@
+"""fastnn.sklearn: MLPClassifier / MLPRegressor as drop-in replacements for scikit-learn's
+(../shared/API.md, "scikit-learn"): scikit-learn's estimator checks, the same numerics
+as scikit-learn's own MLP (same random_state -> same initial weights, shuffles and
+early-stopping split, so loss curves agree to rounding), the options of issue 5, and use
+in Pipeline, cross_val_score, GridSearchCV(n_jobs=2) and pickle."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+import scipy.sparse as sp  # noqa: E402
+from sklearn import neural_network as skl  # noqa: E402
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import (load_breast_cancer, load_diabetes, load_digits,  # noqa: E402
+                              make_friedman1, make_multilabel_classification)
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import (GridSearchCV, cross_val_score,  # noqa: E402
+                                     train_test_split)
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+# The one gap: the compiled loss has no per-sample weights yet, so fit raises a clear
+# ValueError for non-uniform sample_weight (uniform weights, and zero weights that remove
+# samples, are supported exactly). These checks fit with non-uniform weights.
+_WEIGHTS = ("fastnn.sklearn supports uniform sample weights only: non-uniform "
+            "sample_weight raises ValueError (per-sample weights are not in the compiled "
+            "loss yet)")
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weights_not_overwritten": _WEIGHTS,
+    "check_sample_weight_equivalence_on_dense_data": _WEIGHTS,
+    "check_sample_weight_equivalence_on_sparse_data": _WEIGHTS,
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def _scaled(loader):
+    X, y = loader(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def assert_same_training(ours, theirs, rtol=1e-7, atol=1e-9, weights_atol=1e-7):
+    """Same epochs, loss curve and weights as scikit-learn's own MLP."""
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.t_ == theirs.t_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol, atol=atol)
+    assert len(ours.coefs_) == len(theirs.coefs_)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=weights_atol)
+
+
+# ---- scikit-learn's estimator checks ------------------------------------------------------
+
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_signature_and_defaults_match_sklearn():
+    import inspect
+    for ours, theirs in ((MLPClassifier, skl.MLPClassifier), (MLPRegressor, skl.MLPRegressor)):
+        a = inspect.signature(ours.__init__).parameters
+        b = inspect.signature(theirs.__init__).parameters
+        assert list(a) == list(b)
+        for name in a:
+            assert a[name].default == b[name].default, name
+            assert a[name].kind == b[name].kind, name
+    assert MLPRegressor("squared_error", (5,)).hidden_layer_sizes == (5,)
+    assert MLPClassifier((7,), "tanh").activation == "tanh"
+
+
+# ---- the same numerics as scikit-learn ---------------------------------------------------
+
+def test_digits_matches_sklearn():
+    X, y = _scaled(load_digits)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, random_state=0, stratify=y)
+    ours = MLPClassifier(random_state=0, max_iter=40).fit(Xtr, ytr)
+    theirs = skl.MLPClassifier(random_state=0, max_iter=40).fit(Xtr, ytr)
+    assert_same_training(ours, theirs)
+    assert ours.out_activation_ == "softmax" and ours.n_outputs_ == 10
+    assert ours.score(Xte, yte) == pytest.approx(theirs.score(Xte, yte), abs=0.005)
+    assert ours.score(Xte, yte) > 0.95
+    np.testing.assert_allclose(ours.predict_proba(Xte), theirs.predict_proba(Xte), atol=1e-6)
+
+
+def test_breast_cancer_sgd_matches_sklearn():
+    X, y = _scaled(load_breast_cancer)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, random_state=0, stratify=y)
+    kw = dict(solver="sgd", learning_rate_init=0.01, max_iter=60, random_state=3)
+    ours = MLPClassifier(**kw).fit(Xtr, ytr)
+    theirs = skl.MLPClassifier(**kw).fit(Xtr, ytr)
+    assert_same_training(ours, theirs)
+    assert ours.out_activation_ == "logistic" and ours.n_outputs_ == 1
+    assert ours.predict_proba(Xte).shape == (len(yte), 2)
+    assert ours.score(Xte, yte) == pytest.approx(theirs.score(Xte, yte), abs=0.01)
+    assert ours.score(Xte, yte) > 0.93
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation="tanh", alpha=0.01, batch_size=64),
+                                dict(activation="logistic", solver="sgd",
+                                     learning_rate_init=0.01, nesterovs_momentum=False),
+                                dict(activation="identity", shuffle=False)])
+def test_regressor_matches_sklearn(kw):
+    X, y = make_friedman1(n_samples=600, random_state=0)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, random_state=0)
+    ours = MLPRegressor(random_state=1, max_iter=40, **kw).fit(Xtr, ytr)
+    theirs = skl.MLPRegressor(random_state=1, max_iter=40, **kw).fit(Xtr, ytr)
+    assert_same_training(ours, theirs)
+    assert ours.out_activation_ == "identity"
+    assert ours.predict(Xte).shape == (len(yte),)
+    assert ours.score(Xte, yte) == pytest.approx(theirs.score(Xte, yte), abs=1e-4)
+
+
+def test_diabetes_regression_accuracy():
+    X, y = _scaled(load_diabetes)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, random_state=0)
+    kw = dict(hidden_layer_sizes=(50,), learning_rate_init=0.01, max_iter=300,
+              early_stopping=True, random_state=0)
+    ours = MLPRegressor(**kw).fit(Xtr, ytr)
+    theirs = skl.MLPRegressor(**kw).fit(Xtr, ytr)
+    assert ours.n_iter_ == theirs.n_iter_ < 300
+    assert ours.score(Xte, yte) == pytest.approx(theirs.score(Xte, yte), abs=1e-3)
+    assert ours.score(Xte, yte) > 0.25  # a linear model scores about 0.35 on this split
+
+
+def test_multioutput_regression_matches_sklearn():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 8))
+    Y = np.column_stack([X[:, 0] * X[:, 1], np.sin(X[:, 2]), X[:, 3] - X[:, 4]])
+    ours = MLPRegressor(random_state=0, max_iter=30, alpha=0.01).fit(X, Y)
+    theirs = skl.MLPRegressor(random_state=0, max_iter=30, alpha=0.01).fit(X, Y)
+    assert_same_training(ours, theirs)
+    assert ours.predict(X).shape == (300, 3) and ours.n_outputs_ == 3
+
+
+def test_multilabel():
+    X, Y = make_multilabel_classification(n_samples=300, n_classes=4, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    ours = MLPClassifier(random_state=1, max_iter=30).fit(X, Y)
+    theirs = skl.MLPClassifier(random_state=1, max_iter=30).fit(X, Y)
+    assert_same_training(ours, theirs)  # loss summed over the labels, as scikit-learn's
+    assert ours.out_activation_ == "logistic" and ours.n_outputs_ == 4
+    np.testing.assert_array_equal(ours.classes_, np.arange(4))
+    pred = ours.predict(X)
+    assert pred.shape == Y.shape and set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, theirs.predict(X))
+    proba = ours.predict_proba(X)
+    assert proba.shape == Y.shape and ((proba >= 0) & (proba <= 1)).all()
+    assert ours.score(X, Y) > 0.5
+
+
+def test_string_labels():
+    X, y = _scaled(load_breast_cancer)
+    labels = np.array(["benign", "malignant"])[y]
+    clf = MLPClassifier(random_state=0, max_iter=20).fit(X, labels)
+    assert set(clf.predict(X)) <= set(labels)
+    np.testing.assert_array_equal(clf.classes_, ["benign", "malignant"])
+
+
+# ---- training options --------------------------------------------------------------------
+
+def test_partial_fit_matches_sklearn():
+    X, y = _scaled(load_digits)
+    ours = MLPClassifier(solver="sgd", random_state=0)
+    theirs = skl.MLPClassifier(solver="sgd", random_state=0)
+    classes = np.unique(y)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        MLPClassifier().partial_fit(X[:10], y[:10])
+    for i in range(4):
+        rows = slice(i * 300, (i + 1) * 300)
+        ours.partial_fit(X[rows], y[rows], classes=classes if i == 0 else None)
+        theirs.partial_fit(X[rows], y[rows], classes=classes if i == 0 else None)
+        assert ours.n_iter_ == 1
+    assert ours.t_ == 1200
+    assert_same_training(ours, theirs)
+    # regressor: partial_fit(X, y, sample_weight=None)
+    Xr, yr = make_friedman1(n_samples=200, random_state=0)
+    reg = MLPRegressor(random_state=0)
+    for _ in range(3):
+        reg.partial_fit(Xr, yr)
+    assert len(reg.loss_curve_) == 3 and reg.loss_curve_[-1] < reg.loss_curve_[0]
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(Xr, yr)
+
+
+def test_warm_start_matches_sklearn():
+    X, y = _scaled(load_breast_cancer)
+    ours = MLPClassifier(random_state=0, max_iter=5, warm_start=True)
+    theirs = skl.MLPClassifier(random_state=0, max_iter=5, warm_start=True)
+    for _ in range(3):
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    assert len(ours.loss_curve_) == 15 and ours.n_iter_ == 5
+    assert_same_training(ours, theirs)
+    with pytest.raises(ValueError, match="warm_start can only be used"):
+        ours.fit(X, (y + 1) % 3 + (y == 0))  # other classes
+    cold = MLPClassifier(random_state=0, max_iter=5).fit(X, y)
+    cold.fit(X, y)
+    assert len(cold.loss_curve_) == 5  # without warm_start, fit starts over
+
+
+def test_early_stopping_matches_sklearn():
+    X, y = _scaled(load_digits)
+    kw = dict(early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
+              random_state=0, max_iter=200)
+    ours = MLPClassifier(**kw).fit(X, y)
+    theirs = skl.MLPClassifier(**kw).fit(X, y)
+    assert ours.n_iter_ < 200  # stopped early
+    assert ours.best_loss_ is None and len(ours.validation_scores_) == ours.n_iter_
+    assert ours.best_validation_score_ == max(ours.validation_scores_)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_)
+    assert_same_training(ours, theirs)  # coefs_: the best epoch's, restored
+    reg = MLPRegressor(early_stopping=True, random_state=0, max_iter=50)
+    Xr, yr = make_friedman1(n_samples=300, random_state=0)
+    reg.fit(Xr, yr)
+    assert reg.validation_scores_ and reg.best_validation_score_ == max(reg.validation_scores_)
+    without = MLPClassifier(random_state=0, max_iter=3).fit(X, y)
+    assert without.validation_scores_ is None and without.best_validation_score_ is None
+
+
+@pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
+def test_sgd_schedules_match_sklearn(schedule):
+    X, y = _scaled(load_breast_cancer)
+    kw = dict(solver="sgd", learning_rate=schedule, learning_rate_init=0.05, power_t=0.3,
+              momentum=0.5, tol=1e-2, n_iter_no_change=2, max_iter=80, random_state=0)
+    ours = MLPClassifier(**kw).fit(X, y)
+    theirs = skl.MLPClassifier(**kw).fit(X, y)
+    assert_same_training(ours, theirs)
+    if schedule == "adaptive":  # the rate was divided by 5 until <= 1e-6, then it stopped
+        assert ours.n_iter_ < 80
+        assert ours._schedule.learning_rate == pytest.approx(theirs._optimizer.learning_rate)
+
+
+def test_tol_stops_training():
+    X, y = _scaled(load_breast_cancer)
+    kw = dict(tol=0.5, n_iter_no_change=2, random_state=0, max_iter=200)
+    clf = MLPClassifier(**kw).fit(X, y)
+    # stops once n_iter_no_change + 1 epochs in a row improve by less than tol
+    assert clf.n_iter_ == 4 == skl.MLPClassifier(**kw).fit(X, y).n_iter_
+    assert clf.best_loss_ == min(clf.loss_curve_)
+
+
+def test_unsupported_options_raise_clearly():
+    X, y = _scaled(load_breast_cancer)
+    with pytest.raises(ValueError, match="lbfgs.*not supported"):
+        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="lbfgs.*not supported"):
+        MLPRegressor(solver="lbfgs").fit(X, y.astype(float))
+    with pytest.raises(AttributeError, match="partial_fit"):
+        MLPClassifier(solver="lbfgs").partial_fit
+    with pytest.raises(ValueError, match="poisson.*not supported"):
+        MLPRegressor(loss="poisson").fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="uniform sample weights"):
+        MLPClassifier().fit(X, y, sample_weight=np.arange(len(y)) + 1.0)
+    with pytest.raises(ValueError, match="zero"):
+        MLPClassifier().fit(X, y, sample_weight=np.zeros(len(y)))
+    with pytest.raises(ValueError):  # scikit-learn's parameter validation
+        MLPClassifier(activation="softplus").fit(X, y)
+    MLPClassifier(max_fun=100, max_iter=2).fit(X, y)  # accepted (used by lbfgs only)
+
+
+def test_uniform_and_zero_sample_weights_match_sklearn():
+    X, y = _scaled(load_breast_cancer)
+    kw = dict(random_state=0, max_iter=10, alpha=0.1)
+    sw = np.full(len(y), 2.5)
+    ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
+    assert_same_training(ours, skl.MLPClassifier(**kw).fit(X, y, sample_weight=sw))
+    # zero weights remove samples; one full batch (n <= 200) equals scikit-learn's
+    sw = np.ones(150)
+    sw[::3] = 0
+    ours = MLPClassifier(**kw).fit(X[:150], y[:150], sample_weight=sw)
+    theirs = skl.MLPClassifier(**kw).fit(X[:150], y[:150], sample_weight=sw)
+    assert_same_training(ours, theirs)
+    removed = MLPClassifier(**kw).fit(X[:150][sw > 0], y[:150][sw > 0])
+    np.testing.assert_allclose(ours.predict_proba(X), removed.predict_proba(X), atol=1e-12)
+
+
+def test_sparse_X():
+    X, y = _scaled(load_breast_cancer)
+    X = np.where(np.abs(X) > 0.8, X, 0.0)
+    dense = MLPClassifier(random_state=0, max_iter=10).fit(X, y)
+    for fmt in (sp.csr_matrix, sp.csc_matrix, sp.csr_array, sp.coo_matrix):
+        est = MLPClassifier(random_state=0, max_iter=10).fit(fmt(X), y)
+        np.testing.assert_array_equal(est.loss_curve_, dense.loss_curve_)
+        np.testing.assert_allclose(est.predict_proba(fmt(X)), dense.predict_proba(X))
+    theirs = skl.MLPClassifier(random_state=0, max_iter=10).fit(sp.csr_matrix(X), y)
+    assert_same_training(dense, theirs)
+    reg = MLPRegressor(random_state=0, max_iter=5).fit(sp.csr_matrix(X), y.astype(float))
+    assert reg.predict(sp.csr_matrix(X)).shape == (len(y),)
+
+
+def test_dtypes():
+    X, y = _scaled(load_breast_cancer)
+    f32 = MLPClassifier(random_state=0, max_iter=10).fit(X.astype(np.float32), y)
+    assert all(c.dtype == np.float32 for c in f32.coefs_ + f32.intercepts_)
+    assert f32.predict_proba(X).dtype == np.float32
+    theirs = skl.MLPClassifier(random_state=0, max_iter=10).fit(X.astype(np.float32), y)
+    assert_same_training(f32, theirs, rtol=1e-4, atol=1e-5, weights_atol=1e-4)
+    f64 = MLPClassifier(random_state=0, max_iter=2).fit(X, y)
+    assert all(c.dtype == np.float64 for c in f64.coefs_ + f64.intercepts_)
+    ints = MLPClassifier(random_state=0, max_iter=2).fit((X * 10).astype(np.int64), y)
+    assert ints.coefs_[0].dtype == np.float64
+    reg = MLPRegressor(random_state=0, max_iter=2).fit(X.astype(np.float32), y)
+    assert reg.predict(X).dtype == np.float32
+
+
+def test_coefs_are_the_network_weights():
+    X, y = _scaled(load_breast_cancer)
+    clf = MLPClassifier(hidden_layer_sizes=(20, 10), activation="tanh", random_state=0,
+                        max_iter=10).fit(X, y)
+    assert [c.shape for c in clf.coefs_] == [(30, 20), (20, 10), (10, 1)]
+    assert [b.shape for b in clf.intercepts_] == [(20,), (10,), (1,)]
+    assert clf.n_layers_ == 4 and clf.n_features_in_ == 30
+
+    def forward(coefs, intercepts):
+        a = X
+        for i, (w, b) in enumerate(zip(coefs, intercepts)):
+            a = a @ w + b
+            a = np.tanh(a) if i < len(coefs) - 1 else 1 / (1 + np.exp(-a))
+        return a.ravel()
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], forward(clf.coefs_, clf.intercepts_),
+                               rtol=1e-10)
+    clf.coefs_[0] *= 0.5  # in place: the network follows
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], forward(clf.coefs_, clf.intercepts_),
+                               rtol=1e-10)
+    clf.coefs_ = [np.zeros_like(c) for c in clf.coefs_]  # replaced: the network follows too
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], forward(clf.coefs_, clf.intercepts_),
+                               rtol=1e-10)
+
+
+# ---- model selection, pickle -------------------------------------------------------------
+
+def test_pickle_and_clone():
+    X, y = _scaled(load_digits)
+    clf = MLPClassifier(solver="sgd", random_state=0)
+    clf.partial_fit(X[:900], y[:900], classes=np.unique(y))
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    # the optimizer state travels too: training continues identically
+    clf.partial_fit(X[900:], y[900:])
+    restored.partial_fit(X[900:], y[900:])
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    fresh = clone(clf)
+    assert fresh.get_params() == clf.get_params() and not hasattr(fresh, "coefs_")
+    reg = MLPRegressor(random_state=0, max_iter=3).fit(X, y.astype(float))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(reg)).predict(X), reg.predict(X))
+
+
+def test_pipeline_and_cross_val_score():
+    X, y = load_breast_cancer(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(random_state=0, max_iter=30))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.93
+
+
+def test_grid_search_n_jobs_2_loky():
+    X, y = _scaled(load_breast_cancer)
+    search = GridSearchCV(MLPClassifier(max_iter=20, random_state=0),
+                          {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(10,), (30,)]},
+                          cv=3, n_jobs=2)  # joblib's default backend: loky processes
+    search.fit(X, y)
+    assert search.best_score_ > 0.9
+    assert len(search.cv_results_["params"]) == 4
+    serial = GridSearchCV(MLPClassifier(max_iter=20, random_state=0),
+                          {"alpha": [1e-4, 1e-1], "hidden_layer_sizes": [(10,), (30,)]},
+                          cv=3, n_jobs=1).fit(X, y)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               serial.cv_results_["mean_test_score"])
