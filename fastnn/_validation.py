@@ -18,12 +18,15 @@ def as_float_array(value, name, dtype):
             raise ValueError(f"{name}: expected a rectangular array of numbers ({err})") from None
     kind = arr.dtype.kind
     if kind not in "biuf":
-        what = {"c": "complex", "O": "object", "U": "string", "S": "bytes"}.get(kind, str(arr.dtype))
+        what = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "V": "structured",
+                "M": "datetime", "m": "timedelta"}.get(kind, str(arr.dtype))
         raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype} ({what})")
     if arr.size == 0:
         raise ValueError(f"{name}: expected a non-empty array, got shape {arr.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.ndim == 0:  # ascontiguousarray makes a scalar 1-D: report the shape given
+        out = out.reshape(())
     finite = np.isfinite(out)
     if not finite.all():
         bad = np.argwhere(~finite)[0]

@@ -1,5 +1,5 @@
-"""Callbacks: History (returned by fit), EarlyStopping, ModelCheckpoint, and any object
-with on_epoch_end(epoch, logs)."""
+"""Callbacks: History (returned by fit), EarlyStopping, ModelCheckpoint, TerminateOnNaN,
+and any object with on_epoch_end(epoch, logs)."""
 import numpy as np
 
 
@@ -37,6 +37,26 @@ class History(Callback):
 
     def __repr__(self):
         return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
+
+
+class TerminateOnNaN(Callback):
+    """Stops training when the loss is NaN or infinite (Keras' TerminateOnNaN). A diverging
+    run (too large a learning rate) then ends after the epoch whose loss went bad, with
+    that NaN or inf in the History, instead of training on. fastnn runs whole epochs in
+    compiled code, so the check happens at the end of each epoch (and at the end of each
+    batch for callers that report batches)."""
+
+    def _check(self, where, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            print(f"{where}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+    def on_batch_end(self, batch, logs=None):
+        self._check(f"Batch {batch}", logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(f"Epoch {epoch + 1}", logs)
 
 
 def _better(mode, monitor):

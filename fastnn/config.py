@@ -11,6 +11,10 @@ _floatx = "float32"
 _rng = np.random.default_rng()
 _num_threads = None  # None: the default, read on use
 _blas_lock = threading.Lock()
+# The most threads fastnn's kernels are handed: far more than any CPU has, yet far fewer
+# than the counts at which the OpenMP runtime fails to create its threads and takes the
+# process down with it (set_num_threads(100000) used to crash the interpreter).
+MAX_THREADS = 1024
 _blas = {"controller": None, "users": 0, "saved": None}
 
 
@@ -54,8 +58,8 @@ def rng():
 def _threads_for(env, affinity):
     env = env.split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, affinity)
+        return min(int(env), MAX_THREADS)
+    return min(max(1, affinity), MAX_THREADS)
 
 
 def _default_threads():
@@ -88,8 +92,9 @@ def set_num_threads(n):
 
 
 def _check_threads(n):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: expected a positive integer number of threads, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected a positive integer number of threads, at most "
+                         f"{MAX_THREADS}, got {n!r}")
     return int(n)
 
 

@@ -13,9 +13,16 @@ from . import activations, config
 from ._kernels import ACTIVATIONS
 
 
+# Sizes reach the C kernels as C ints: a larger one is an impossible setting (it raised
+# OverflowError, or MemoryError, only when the model was built).
+_MAX_SIZE = 2**31 - 1
+
+
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if value > _MAX_SIZE:
+        raise ValueError(f"{name}: expected a positive integer up to 2**31 - 1, got {value!r}")
     return int(value)
 
 
@@ -28,6 +35,8 @@ def _shape_tuple(shape, name):
         raise TypeError(f"{name}: expected a tuple of positive integers, got {shape!r}") from None
     if not shape or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ValueError(f"{name}: expected a tuple of positive integers, got {shape!r}")
+    if math.prod(int(d) for d in shape) > _MAX_SIZE:
+        raise ValueError(f"{name}: expected at most 2**31 - 1 values per sample, got {shape!r}")
     return tuple(int(d) for d in shape)
 
 

@@ -299,7 +299,12 @@ class Sequential:
             raise ValueError(f"validation_split: expected a number in [0, 1), got {validation_split!r}")
         if seed is not None:
             seed = check.integer(seed, "seed", 0)
-        callbacks = list(callbacks or [])
+        if hasattr(callbacks, "on_epoch_end"):  # one callback, not in a list (Keras 3 takes it)
+            callbacks = [callbacks]
+        try:
+            callbacks = list(callbacks or [])
+        except TypeError:
+            raise TypeError(f"callbacks: expected a list of callbacks, got {callbacks!r}") from None
         for cb in callbacks:
             if not hasattr(cb, "on_epoch_end"):
                 raise TypeError(f"callbacks: expected objects with on_epoch_end(epoch, logs), got {cb!r}")
@@ -381,6 +386,9 @@ class Sequential:
     def _run_epoch(self, network, xa, ya, order, steps, batch_size, dropout_seed, nthreads,
                    progress, n, metric_names):
         """One epoch of compiled steps; with a progress bar, in chunks between redraws."""
+        # A batch larger than the data is one batch of all of it (the same steps, the same
+        # numbers), and the kernels take the size as a C int and size their buffers by it.
+        batch_size = min(batch_size, n)
         if progress.verbose != 1:
             return network.train(xa, ya, order, 0, steps, batch_size, dropout_seed, nthreads)
         loss_sum, sums, done, chunk = 0.0, [0.0] * len(metric_names), 0, 1
@@ -426,6 +434,7 @@ class Sequential:
 
     def _predict_into(self, xa, flat, batch, check_finite=False):
         nthreads = config.get_num_threads()
+        batch = min(batch, xa.shape[0])  # as in _run_epoch
         if min(batch, xa.shape[0]) * self._widest_product < 65536:
             # Products this small never use BLAS threads: skip the cost of pinning them.
             return self._network.predict(xa, flat, batch, nthreads, check_finite)
@@ -436,6 +445,7 @@ class Sequential:
         return self.predict(x)
 
     def _evaluate_arrays(self, xa, ya, batch_size, nthreads):
+        batch_size = min(batch_size, xa.shape[0])  # as in _run_epoch
         loss_sum, sums = self._network.evaluate(xa, ya, batch_size, nthreads)
         n = xa.shape[0]
         return loss_sum / n, [s / n for s in sums]
@@ -472,7 +482,11 @@ class Sequential:
         current = self.weights
         if not self.layers or (self._network is None and not all(l.built for l in self.layers)):
             raise ValueError("weights: the model must be built (call build, fit or predict) first")
-        weights = list(weights)
+        try:
+            weights = list(weights)
+        except TypeError:
+            raise TypeError(f"weights: expected a list of {len(current)} arrays, got "
+                            f"{type(weights).__name__}") from None
         if len(weights) != len(current):
             raise ValueError(f"weights: expected a list of {len(current)} arrays, got {len(weights)}")
         arrays = []

@@ -101,6 +101,8 @@ void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int
     int nt = fastnn_threads_for((ptrdiff_t)B * Lout * C * pool, nthreads);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+        /* DAZ decides comparisons with subnormals: every thread must compare alike. */
+        unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
         for (ptrdiff_t bi = b0; bi < b1; bi++) {
@@ -126,6 +128,7 @@ void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int
                 }
             }
         }
+        fastnn_ftz_leave(csr);
     }
 }
 

@@ -45,6 +45,9 @@ static void FN(gemm_row_panels)(real *out, int ldo, const real *a, int lda, char
     int nt = nthreads < panels ? nthreads : panels;
     #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int p = 0; p < panels; p++) {
+        /* FTZ/DAZ in whichever thread runs the panel (OpenMP workers keep the mode of the
+         * thread that created them), so every panel rounds subnormals alike. */
+        unsigned int csr = fastnn_ftz_enter();
         int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
         int rows = r1 - r0;
         real one = 1, zero = 0;
@@ -56,6 +59,7 @@ static void FN(gemm_row_panels)(real *out, int ldo, const real *a, int lda, char
             gemm(&ta, &tb, &n_, &rows, &k_, &one, (real *)bmat, &ldb_, (real *)ap, &lda_,
                  &zero, out + (ptrdiff_t)r0 * ldo, &ldo_);
         }
+        fastnn_ftz_leave(csr);
     }
 }
 

@@ -94,7 +94,7 @@ static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from
     double s = 0;
     for (int j = 0; j < K; j++) {
         real d = p[j] - y[j];
-        s += (double)(d * d);
+        s += (double)d * (double)d; /* squared in double: finite for any finite float d */
         if (g) g[j] = (real)2 * d * gscale; /* d/dp (p - y)^2 */
     }
     return s;
@@ -149,7 +149,7 @@ static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
             for (int j = 0; j < K; j++) g[j] = EXP(p[j] - zmax) * inv * gscale;
             g[c] -= gscale;
         }
-        return (double)(lse - p[c]);
+        return (double)lse - (double)p[c]; /* in double: finite for any float logits */
     }
     /* Keras: q = p / sum(p), loss -log clip(q_c);  d/dp_j = 1/sum - [j == c] / p_c */
     real sum = 0;
@@ -180,16 +180,17 @@ static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_
         /* sum_j y_j (logsumexp(z) - z_j);  d/dz_j = softmax(z)_j sum(y) - y_j */
         real zmax, sum;
         real lse = FN(log_sum_exp)(p, K, &zmax, &sum);
-        real ysum = 0, loss = 0;
+        real ysum = 0;
+        double loss = 0; /* in double: finite for any float logits */
         for (int j = 0; j < K; j++) {
             ysum += y[j];
-            loss += y[j] * (lse - p[j]);
+            loss += (double)y[j] * ((double)lse - (double)p[j]);
         }
         if (g) {
             real inv = (real)1 / sum;
             for (int j = 0; j < K; j++) g[j] = (EXP(p[j] - zmax) * inv * ysum - y[j]) * gscale;
         }
-        return (double)loss;
+        return loss;
     }
     /* Keras: q = p / sum(p), loss -sum_j y_j log clip(q_j);
      * d/dp_k = -y_k / p_k [q_k unclipped] + (sum_j y_j [q_j unclipped]) / sum(p) */

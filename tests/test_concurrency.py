@@ -1,0 +1,248 @@
+"""Threads: fastnn releases the GIL in training and inference, so one model's predict may
+run from many threads at once and separate models may train in parallel threads. No race
+may show: concurrent results equal the sequential ones bit for bit. Changing the thread
+count between fits changes nothing either (results never depend on it)."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import Sequential, set_random_seed
+from fastnn.layers import Conv1D, Dense, Dropout, Flatten, MaxPooling1D
+from fastnn.losses import SparseCategoricalCrossentropy
+from fastnn.optimizers import Adam
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    yield
+    fastnn.set_num_threads(None)
+
+
+def run_threads(targets):
+    """Runs each callable in its own thread, all released at once; returns their results
+    (re-raising the first exception)."""
+    results, errors = [None] * len(targets), []
+    barrier = threading.Barrier(len(targets))
+
+    def work(i, fn):
+        try:
+            barrier.wait()
+            results[i] = fn()
+        except BaseException as e:  # noqa: BLE001  reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, fn)) for i, fn in enumerate(targets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def dense_problem(n=2000, features=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = rng.integers(0, 4, size=n)
+    return x, y
+
+
+def dense_model(seed=0):
+    set_random_seed(seed)
+    model = Sequential([Dense(128, activation="relu"), Dropout(0.1), Dense(64, activation="tanh"),
+                        Dense(4, activation="softmax")])
+    model.compile(optimizer=Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def conv_problem(n=600, steps=40, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, steps, 3)).astype(np.float32), rng.integers(0, 5, size=n)
+
+
+def conv_model(seed=0):
+    set_random_seed(seed)
+    model = Sequential([Conv1D(16, 5, strides=2, padding="same", activation="relu"),
+                        MaxPooling1D(2), Conv1D(8, 3, activation="relu"), Flatten(), Dense(5)])
+    model.compile(optimizer=Adam(1e-2), loss=SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def same(a, b):
+    return len(a) == len(b) and all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("threads_each", [1, 2])
+def test_predict_from_8_threads_equals_sequential(kind, threads_each):
+    x, y = dense_problem() if kind == "dense" else conv_problem()
+    model = dense_model() if kind == "dense" else conv_model()
+    model.fit(x, y, epochs=1, verbose=0, seed=0)
+    chunks = [x[i::8] for i in range(8)]
+    with fastnn.num_threads(threads_each):
+        expected = [model.predict(c) for c in chunks] + [model.predict(x, batch_size=97)]
+
+    def job(i):
+        def run():
+            with fastnn.num_threads(threads_each):
+                outs = []
+                for _ in range(5):  # overlapping calls on one model's weights
+                    outs.append(model.predict(chunks[i]) if i < 8 else model.predict(x, batch_size=97))
+                return outs
+        return run
+
+    results = run_threads([job(i) for i in range(9)])
+    for i, outs in enumerate(results):
+        for out in outs:
+            assert np.array_equal(out, expected[i]), i
+
+
+def test_evaluate_from_many_threads_equals_sequential():
+    x, y = dense_problem()
+    model = dense_model()
+    model.fit(x, y, epochs=1, verbose=0, seed=0)
+    expected = model.evaluate(x, y, return_dict=True)
+    results = run_threads([lambda: model.evaluate(x, y, return_dict=True) for _ in range(6)])
+    assert all(r == expected for r in results)
+
+
+@pytest.mark.parametrize("threads_each", [1, 2])
+def test_fit_two_models_in_two_threads_equals_sequential_fits(threads_each):
+    """A dense and a conv model (different kernels, workspaces and batch sizes) trained at
+    the same time in two Python threads, against the same fits one after the other."""
+    (xd, yd), (xc, yc) = dense_problem(), conv_problem()
+
+    def fit_dense():
+        model = dense_model(seed=1)
+        with fastnn.num_threads(threads_each):
+            hist = model.fit(xd, yd, batch_size=64, epochs=3, verbose=0, seed=5,
+                             validation_split=0.1)
+        return model.get_weights(), hist.history, model.optimizer.slots
+
+    def fit_conv():
+        model = conv_model(seed=2)
+        with fastnn.num_threads(threads_each):
+            hist = model.fit(xc, yc, batch_size=50, epochs=3, verbose=0, seed=6)
+        return model.get_weights(), hist.history, model.optimizer.slots
+
+    # The global generator behind weight initialization is process-wide: build (and so
+    # initialize) both models first, then train them in parallel.
+    d_model = dense_model(seed=1)
+    d_model.build((xd.shape[1],))
+    c_model = conv_model(seed=2)
+    c_model.build(xc.shape[1:])
+    sequential = [fit_dense(), fit_conv()]
+
+    def train(model, x, y, **kw):
+        def run():
+            with fastnn.num_threads(threads_each):
+                hist = model.fit(x, y, verbose=0, **kw)
+            return model.get_weights(), hist.history, model.optimizer.slots
+        return run
+
+    parallel = run_threads([
+        train(d_model, xd, yd, batch_size=64, epochs=3, seed=5, validation_split=0.1),
+        train(c_model, xc, yc, batch_size=50, epochs=3, seed=6)])
+    for (w_s, h_s, s_s), (w_p, h_p, s_p) in zip(sequential, parallel):
+        assert same(w_s, w_p) and h_s == h_p and same(s_s, s_p)
+
+
+def test_many_models_fit_in_parallel_threads():
+    x, y = dense_problem(n=500, features=10)
+    models = []
+    for seed in range(6):
+        set_random_seed(seed)
+        m = Sequential([Dense(32, activation="relu"), Dense(4, activation="softmax")])
+        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        m.build((10,))
+        models.append(m)
+    initial = [m.get_weights() for m in models]
+    results = run_threads([lambda m=m, s=s: (m.fit(x, y, epochs=2, verbose=0, seed=s),
+                                             m.get_weights())[1]
+                           for s, m in enumerate(models)])
+    for s, (w0, got) in enumerate(zip(initial, results)):
+        ref_model = Sequential([Dense(32, activation="relu"), Dense(4, activation="softmax")])
+        ref_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        ref_model.build((10,))
+        ref_model.set_weights(w0)
+        ref_model.fit(x, y, epochs=2, verbose=0, seed=s)
+        assert same(ref_model.get_weights(), got), s
+
+
+def test_set_num_threads_changed_between_fits_changes_nothing():
+    x, y = dense_problem()
+    runs = []
+    for schedule in ([1, 1, 1], [1, 2, 3], [2, 1, 4], [4, 4, 1]):
+        model = dense_model(seed=3)
+        losses = []
+        for epoch, n in enumerate(schedule):
+            fastnn.set_num_threads(n)
+            hist = model.fit(x, y, batch_size=128, epochs=epoch + 1, initial_epoch=epoch,
+                             verbose=0, seed=11)
+            losses += hist.history["loss"]
+        fastnn.set_num_threads(None)
+        runs.append((model.get_weights(), losses, model.predict(x)))
+    for w, losses, pred in runs[1:]:
+        assert same(w, runs[0][0]) and losses == runs[0][1] and np.array_equal(pred, runs[0][2])
+
+
+def test_thread_count_scopes_are_per_thread():
+    """`with num_threads(n)` in one thread does not change another thread's count."""
+    fastnn.set_num_threads(3)
+    seen = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def scoped():
+        with fastnn.num_threads(1):
+            inside.set()
+            release.wait(10)
+            seen["scoped"] = fastnn.get_num_threads()
+
+    t = threading.Thread(target=scoped)
+    t.start()
+    inside.wait(10)
+    seen["other"] = fastnn.get_num_threads()
+    release.set()
+    t.join()
+    assert seen == {"scoped": 1, "other": 3}
+
+
+def test_gil_is_released_during_a_long_fit():
+    """A Python thread keeps running while fit runs whole epochs in compiled code: the
+    longest pause between its ticks is a small fraction of an epoch."""
+    x, y = dense_problem(n=40000, features=100)
+    model = dense_model()
+    model.build((100,))
+    with fastnn.num_threads(1):
+        t0 = time.perf_counter()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, seed=0)
+        epoch = time.perf_counter() - t0
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.02)
+    with fastnn.num_threads(1):
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=1)
+        end = time.perf_counter()
+    stop.set()
+    t.join()
+    during = [s for s in ticks if start <= s <= end]
+    gaps = np.diff([start] + during + [end])
+    # With the GIL held the ticker would stall for a whole epoch (one compiled call).
+    assert epoch > 0.1, epoch  # long enough to tell
+    assert len(during) > 10 and gaps.max() < epoch / 3, (epoch, gaps.max(), len(during))

@@ -1,0 +1,81 @@
+"""Memory: repeated fit / predict / evaluate / save / load / pickle cycles keep the
+resident memory flat. Each cycle allocates C workspaces of about a megabyte (a batch of 256
+rows through 256-wide layers) and builds, saves and reloads whole models, so a leak of any
+of them per cycle would add hundreds of megabytes over the run.
+
+Run with `pytest -s tests/test_leaks.py` to see the memory curve."""
+import gc
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from fastnn import Sequential, load_model, set_random_seed
+from fastnn.callbacks import EarlyStopping
+from fastnn.layers import Conv1D, Dense, Dropout, Flatten, MaxPooling1D
+
+CYCLES = 200
+WARMUP = 40
+SAMPLE_EVERY = 20
+# Allowed growth after warm-up: allocator and interpreter noise (arenas, caches) stay
+# well under this; one leaked workspace per cycle would be about 1 MB x 160 cycles.
+BOUND_MB = 12
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm") or
+                                 os.environ.get("FASTNN_SANITIZED") == "1",
+                                 reason="needs /proc (Linux) and an unsanitized build")
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_repeated_cycles_keep_resident_memory_flat(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 64)).astype(np.float32)
+    y = rng.integers(0, 10, size=512)
+    xc = rng.standard_normal((256, 32, 2)).astype(np.float32)
+    path = tmp_path / "model.fastnn"
+
+    def cycle(i):
+        set_random_seed(i % 7)
+        model = Sequential([Dense(256, activation="relu"), Dropout(0.1),
+                            Dense(256, activation="tanh"), Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        model.fit(x, y, batch_size=256, epochs=1, verbose=0, seed=i, validation_split=0.25,
+                  callbacks=[EarlyStopping(monitor="val_loss")])
+        model.predict(x)
+        model.predict(x[:7], batch_size=3)
+        model.evaluate(x, y, batch_size=128)
+        with pytest.raises(ValueError):
+            model.predict(x[:, :5])  # a rejected input allocates nothing that stays
+        model.save(path)
+        loaded = load_model(path)
+        loaded.fit(x[:64], y[:64], batch_size=64, verbose=0, seed=i)
+        pickle.loads(pickle.dumps(loaded)).predict(x[:10])
+        conv = Sequential([Conv1D(8, 3, activation="relu"), MaxPooling1D(2), Flatten(),
+                           Dense(3)])
+        conv.compile(optimizer="sgd", loss="mse")
+        conv.fit(xc, np.zeros((256, 3)), batch_size=128, verbose=0, seed=i)
+        conv.predict(xc)
+
+    curve = []
+    for i in range(CYCLES):
+        cycle(i)
+        if i % SAMPLE_EVERY == SAMPLE_EVERY - 1 or i == 0:
+            gc.collect()
+            curve.append((i + 1, round(rss_mb(), 1)))
+    after_warmup = [mb for n, mb in curve if n >= WARMUP]
+    growth = after_warmup[-1] - after_warmup[0]
+    report = "RSS (MB) after cycles: " + ", ".join(f"{n}: {mb}" for n, mb in curve)
+    print(f"\n{report}\ngrowth after {WARMUP} cycles of warm-up: {growth:.1f} MB",
+          file=sys.stderr)
+    assert growth < BOUND_MB, report
+    # and no steady climb: the second half grows no more than the bound's half
+    half = after_warmup[len(after_warmup) // 2:]
+    assert half[-1] - half[0] < BOUND_MB / 2, report
