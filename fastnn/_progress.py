@@ -26,8 +26,9 @@ class Progress:
 
     REFRESH = 0.2  # seconds between redraws of the bar
 
-    def __init__(self, verbose, epoch, epochs, steps, stream=None):
+    def __init__(self, verbose, epoch, epochs, steps, stream=None, chunk=1):
         self.verbose, self.steps = verbose, steps
+        self.chunk = chunk  # compiled steps between redraws, tuned by the caller
         self.stream = stream or sys.stdout
         self.start = self.last_draw = time.perf_counter()
         self.width = len(str(steps))

@@ -354,6 +354,7 @@ class Sequential:
         for cb in all_callbacks:
             getattr(cb, "on_train_begin", lambda logs=None: None)({})
         metric_names = list(self._metric_names)
+        chunk = 1  # compiled steps per return to Python with a progress bar (see _run_epoch)
 
         with config.blas_threads(1):  # fastnn's threads call it on panels (src_c/dense.c)
             for epoch in range(initial_epoch, epochs):
@@ -363,7 +364,7 @@ class Sequential:
                 if shuffle:
                     from ._kernels import shuffle as shuffle_rows
                     shuffle_rows(order, epoch_seed)
-                progress = Progress(verbose, epoch, epochs, steps)
+                progress = Progress(verbose, epoch, epochs, steps, chunk=chunk)
                 loss_sum, metric_sums = self._run_epoch(network, xa, ya, order, steps,
                                                         batch_size, epoch_seed ^ 0x5DEECE66D,
                                                         nthreads, progress, n, metric_names)
@@ -374,6 +375,7 @@ class Sequential:
                     vloss, vmetrics = self._evaluate_arrays(val[0], val[1], batch_size, nthreads)
                     logs["val_loss"] = vloss
                     logs.update({f"val_{name}": v for name, v in zip(metric_names, vmetrics)})
+                chunk = progress.chunk
                 progress.end(logs)
                 for cb in all_callbacks:
                     cb.on_epoch_end(epoch, dict(logs) if cb is not history else logs)
@@ -391,7 +393,10 @@ class Sequential:
         batch_size = min(batch_size, n)
         if progress.verbose != 1:
             return network.train(xa, ya, order, 0, steps, batch_size, dropout_seed, nthreads)
-        loss_sum, sums, done, chunk = 0.0, [0.0] * len(metric_names), 0, 1
+        # Steps per return to Python: learned on the first epoch and kept for the next ones,
+        # so a fast epoch is one or two compiled calls, not a ramp of small ones.
+        loss_sum, sums, done = 0.0, [0.0] * len(metric_names), 0
+        chunk = progress.chunk
         while done < steps:
             end = min(steps, done + chunk)
             t0 = time.perf_counter()
@@ -407,6 +412,7 @@ class Sequential:
             progress.update(done, logs)
             if elapsed < progress.REFRESH / 4:  # too short to be worth a return to Python
                 chunk *= 2
+        progress.chunk = chunk
         return loss_sum, sums
 
     # ---- inference ---------------------------------------------------------------------
