@@ -29,7 +29,7 @@
 static int FN(gemm_panels)(int rows, double flops)
 {
     if (flops < GEMM_PANEL_MIN_FLOPS || rows < 64) return 1;
-    int pairs = flops < 16e6 ? 1 : (flops < 64e6 ? 2 : 4);
+    int pairs = flops < 64e6 ? 1 : (flops < 256e6 ? 2 : 4);
     if (pairs > rows / 64) pairs = rows / 64;
     return 2 * pairs;
 }
