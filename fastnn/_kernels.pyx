@@ -321,6 +321,26 @@ def rmsprop_update(real[::1] w, real[::1] g, real[::1] v, real[::1] mom, double 
             rmsprop_update_f64(&w[0], &g[0], &v[0], &mom[0], n, lr, rho, momentum, eps, nthreads)
 
 
+def all_finite(arr):
+    """Whether a C-contiguous float32/float64 array holds no NaN or inf (one compiled pass,
+    no temporary array)."""
+    cdef const float[::1] f
+    cdef const double[::1] d
+    cdef bint ok
+    flat = arr.reshape(-1)
+    if flat.dtype == np.float32:
+        f = flat
+        with nogil:
+            ok = all_finite_f32(&f[0], f.shape[0]) if f.shape[0] else True
+    elif flat.dtype == np.float64:
+        d = flat
+        with nogil:
+            ok = all_finite_f64(&d[0], d.shape[0]) if d.shape[0] else True
+    else:
+        raise TypeError(f"all_finite: expected float32 or float64, got {flat.dtype}")
+    return ok
+
+
 def shuffle(int64_t[::1] order, uint64_t seed):
     """order = a permutation of range(len(order)) drawn from seed."""
     with nogil:

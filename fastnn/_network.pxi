@@ -1,14 +1,22 @@
 # The C view of a built Sequential model (src_c/network.h), included by _kernels.pyx.
 
 cdef void *_data(arr, dtype, shape, name) except NULL:
-    """The data pointer of a C-contiguous array of this dtype and shape."""
-    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or not arr.flags.c_contiguous:
+    """The data pointer of a C-contiguous array of this dtype and shape (checked with
+    NumPy's C macros: this runs on every predict request)."""
+    if not cnp.PyArray_Check(arr):
         raise TypeError(f"{name}: expected a C-contiguous {dtype} ndarray")
-    if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
-    if arr.size == 0:
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    cdef int want = cnp.NPY_FLOAT64 if dtype == np.float64 else (
+        cnp.NPY_FLOAT32 if dtype == np.float32 else cnp.NPY_INT64)
+    if cnp.PyArray_TYPE(a) != want or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise TypeError(f"{name}: expected a C-contiguous {dtype} ndarray")
+    cdef int nd = cnp.PyArray_NDIM(a)
+    if shape is not None:
+        if nd != len(shape) or any(cnp.PyArray_DIM(a, i) != shape[i] for i in range(nd)):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    if cnp.PyArray_SIZE(a) == 0:
         raise ValueError(f"{name}: expected a non-empty array")
-    return cnp.PyArray_DATA(arr)
+    return cnp.PyArray_DATA(a)
 
 
 cdef class Network:
@@ -18,6 +26,7 @@ cdef class Network:
     cdef nn_model model
     cdef nn_optimizer opt
     cdef nn_workspace *ws
+    cdef nn_workspace *spare_ws   # a predict workspace kept for the next call
     cdef int ws_y_width
     cdef object params, grads, slots, dtype
     cdef readonly int in_dim, out_dim
@@ -25,6 +34,7 @@ cdef class Network:
     def __cinit__(self, specs, params, grads):
         self.model.layers = NULL
         self.ws = NULL
+        self.spare_ws = NULL
 
     def __init__(self, specs, cnp.ndarray params, cnp.ndarray grads):
         """specs: per layer a dict with kind, in_dim, out_dim, act, slope, rate and the
@@ -72,6 +82,7 @@ cdef class Network:
 
     def __dealloc__(self):
         network_workspace_free(self.ws)
+        network_workspace_free(self.spare_ws)
         free(self.model.layers)
 
     def set_loss(self, int loss, bint from_logits, bint fused, metrics=(), double scale=1.0):
@@ -140,11 +151,12 @@ cdef class Network:
     def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):
         """out[:] = the network's output for x (inference mode); with check_finite, returns
         False without computing when x holds NaN or inf. Safe from many threads: each call
-        has its own workspace."""
+        has its own workspace: a call takes the spare one (or makes one) while it holds the
+        GIL, and gives it back afterwards, so no two calls ever share buffers."""
         cdef ptrdiff_t n = x.shape[0]
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *outp = _data(out, self.dtype, (n, self.out_dim), "out")
-        cdef nn_workspace *ws
+        cdef nn_workspace *ws = NULL
         cdef bint finite = True
         batch = max(1, min(batch, n))
         if check_finite:
@@ -155,16 +167,22 @@ cdef class Network:
                     finite = all_finite_f32(<float *>xp, n * self.in_dim)
             if not finite:
                 return False
+        if self.spare_ws != NULL and self.spare_ws.batch == batch:
+            ws, self.spare_ws = self.spare_ws, NULL
         with nogil:
-            ws = network_workspace_new(&self.model, batch, 1)
+            if ws == NULL:
+                ws = network_workspace_new(&self.model, batch, 1)
             if ws != NULL:
                 if self.model.is_double:
                     network_predict_f64(&self.model, ws, <double *>outp, <double *>xp, n, nthreads)
                 else:
                     network_predict_f32(&self.model, ws, <float *>outp, <float *>xp, n, nthreads)
-                network_workspace_free(ws)
         if ws == NULL:
             raise MemoryError(f"cannot allocate buffers for batch size {batch}")
+        if self.spare_ws == NULL and batch <= 4096:
+            self.spare_ws = ws   # small enough to keep for the next request
+        else:
+            network_workspace_free(ws)
         return True
 
     def evaluate(self, x, y, int batch, int nthreads):

@@ -4,6 +4,8 @@ import numbers
 
 import numpy as np
 
+from ._kernels import all_finite
+
 
 def as_float_array(value, name, dtype):
     """value as a C-contiguous, finite, non-empty array of dtype (copied only if needed)."""
@@ -27,6 +29,8 @@ def as_float_array(value, name, dtype):
         out = np.ascontiguousarray(arr, dtype=dtype)
     if arr.ndim == 0:  # ascontiguousarray makes a scalar 1-D: report the shape given
         out = out.reshape(())
+    if out.dtype.kind == "f" and out.dtype.itemsize in (4, 8) and all_finite(out):
+        return out  # the common case, checked in C without an n-sized temporary
     finite = np.isfinite(out)
     if not finite.all():
         bad = np.argwhere(~finite)[0]

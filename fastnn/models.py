@@ -21,7 +21,9 @@ from .callbacks import Callback, History
 from .layers import Input, Layer
 
 _MASK64 = (1 << 64) - 1
-_PREDICT_BATCH = 256  # rows per compiled inference pass when the caller names none
+# Rows per compiled inference pass when the caller names none: as many as keep the
+# per-call buffers near this many values (larger passes make larger, faster products).
+_PREDICT_VALUES = 1 << 20
 
 _METRIC_ALIASES = {
     "binary_accuracy": "binary_accuracy",
@@ -177,6 +179,8 @@ class Sequential:
         self._input_shape = input_shape
         self._output_shape = tuple(self._output_shape_for(input_shape))
         self._params, self._grads = params, grads
+        # Buffer values per sample row of a forward pass (sizes predict's batches).
+        self._values_per_row = math.prod(input_shape) + sum(s["out_dim"] for s in specs)
         # The largest matrix product per sample row, to tell when BLAS could use threads.
         self._widest_product = max([s["in_dim"] * s["out_dim"] for s in specs if s["w"] is not None] or [0])
         self._specs = specs
@@ -421,7 +425,7 @@ class Sequential:
         """The last layer's output for x, as an (n, outputs) array of the model's dtype."""
         if batch_size is not None:
             batch_size = check.integer(batch_size, "batch_size", 1)
-        batch = batch_size or _PREDICT_BATCH
+        batch = batch_size  # None: sized in _predict_into
         net = self._network
         if (net is not None and type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
                 and x.shape[1] == net.in_dim and len(self._input_shape) == 1 and x.shape[0]
@@ -439,7 +443,12 @@ class Sequential:
         return out
 
     def _predict_into(self, xa, flat, batch, check_finite=False):
-        nthreads = config.get_num_threads()
+        if batch is None:
+            batch = max(32, _PREDICT_VALUES // self._values_per_row)
+        # Below 32768 buffer values no kernel forks threads (src_c/common.h), so a small
+        # request skips looking the thread count up.
+        small = xa.shape[0] * self._values_per_row < 32768
+        nthreads = 1 if small else config.get_num_threads()
         batch = min(batch, xa.shape[0])  # as in _run_epoch
         if min(batch, xa.shape[0]) * self._widest_product < 65536:
             # Products this small never use BLAS threads: skip the cost of pinning them.

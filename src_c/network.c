@@ -362,10 +362,21 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
 FASTNN_VECTORIZED
 int FN(all_finite)(const real *x, ptrdiff_t n)
 {
-    /* x - x is 0 for finite x and NaN for NaN or inf; the sum stays 0 only if all are. */
-    real acc = 0;
-    for (ptrdiff_t i = 0; i < n; i++) acc += x[i] - x[i];
-    return acc == 0;
+    /* A value is NaN or inf exactly when its exponent bits are all ones; an integer OR
+     * over that test vectorizes (a floating-point sum would not, without reassociation). */
+#if FASTNN_DOUBLE
+    const uint64_t exponent = 0x7ff0000000000000ull;
+    uint64_t bits;
+#else
+    const uint32_t exponent = 0x7f800000u;
+    uint32_t bits;
+#endif
+    int bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        memcpy(&bits, &x[i], sizeof bits);
+        bad |= (bits & exponent) == exponent;
+    }
+    return !bad;
 }
 
 void FN(network_predict)(const nn_model *m, nn_workspace *ws, real *out, const real *x,
