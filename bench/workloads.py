@@ -15,8 +15,21 @@ def glorot(rng, shape, fan_in, fan_out):
     return rng.uniform(-limit, limit, shape).astype(np.float32)
 
 
+class _Steps:
+    """Step counts of a workload with fields n, batch and epochs (timed epochs)."""
+
+    @property
+    def steps_per_epoch(self):
+        return -(-self.n // self.batch)
+
+    @property
+    def steps(self):
+        """Timed steps."""
+        return self.epochs * self.steps_per_epoch
+
+
 @dataclass
-class MLPWorkload:
+class MLPWorkload(_Steps):
     name: str
     description: str
     sizes: tuple            # layer widths, input first
@@ -29,15 +42,6 @@ class MLPWorkload:
     learning_rate: float = 1e-3
     data: dict = field(default_factory=dict, repr=False)
     kind = "mlp"
-
-    @property
-    def steps_per_epoch(self):
-        return -(-self.n // self.batch)
-
-    @property
-    def steps(self):
-        """Timed steps."""
-        return self.epochs * self.steps_per_epoch
 
     def gemm_shapes(self):
         """(rows, inner, cols, need_dx) of each layer's forward product at full batches."""
@@ -76,7 +80,7 @@ def same_padding(length, kernel, stride):
 
 
 @dataclass
-class CNNWorkload:
+class CNNWorkload(_Steps):
     """W3: the MNIST-1D CNN of examples/mnist1d.py (channels last, as Keras)."""
     name: str
     description: str
@@ -90,14 +94,6 @@ class CNNWorkload:
     learning_rate: float = 1e-2
     data: dict = field(default_factory=dict, repr=False)
     kind = "cnn"
-
-    @property
-    def steps_per_epoch(self):
-        return -(-self.n // self.batch)
-
-    @property
-    def steps(self):
-        return self.epochs * self.steps_per_epoch
 
     def geometry(self):
         """(steps_in, channels_in, filters, kernel, stride, steps_out, pad_left, pad_right)

@@ -8,7 +8,6 @@ import zlib
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from fastnn import _kernels as K
 from fastnn import reference as ref
@@ -22,12 +21,7 @@ TOL = {np.float64: dict(rtol=1e-10, atol=1e-13), np.float32: dict(rtol=1e-4, ato
 POOL_TOL = {np.float64: dict(rtol=1e-12, atol=1e-14), np.float32: dict(rtol=1e-6, atol=1e-6)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """BLAS on one thread: its threads and the kernels' spinning OpenMP threads fight
-    over few CPUs and slow these tests down several times (results are unaffected)."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def seed_of(*parts):

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import Sequential
@@ -16,10 +15,7 @@ from fastnn.layers import (Conv1D, Dense, Flatten, GlobalAveragePooling1D, Input
                            MaxPooling1D)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def names(err, argument):

@@ -7,7 +7,6 @@ import zlib
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import Sequential
@@ -24,12 +23,7 @@ N = 12  # samples in the small problems
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """BLAS on one thread outside fit (fit sets its own): its threads and the kernels'
-    spinning OpenMP threads fight over few CPUs and slow these tests down."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def seed_of(*parts):
