@@ -119,7 +119,13 @@ void FN(activation_forward)(real *a, const real *z, int rows, int cols, int act,
                             real slope, int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(activation_forward_rows)(a, z, 0, rows, cols, act, slope);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t r0, r1;
@@ -173,7 +179,13 @@ void FN(activation_backward)(real *dz, const real *da, const real *z, const real
                              int rows, int cols, int act, real slope, int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(activation_backward_rows)(dz, da, z, a, 0, rows, cols, act, slope);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t r0, r1;

@@ -79,7 +79,10 @@ static inline void fastnn_ftz_leave(unsigned int saved)
 #endif
 }
 
-/* Whether a pass over `work` elements should fork threads. */
+/* Whether a pass over `work` elements should fork threads. Kernels test the result and
+ * call their serial body directly when it is 1: an OpenMP region, even one whose `if`
+ * clause is false, sets up a team on every entry (about half a microsecond with libgomp),
+ * and a small network enters dozens of regions per step. */
 static inline int fastnn_threads_for(ptrdiff_t work, int nthreads)
 {
     return (nthreads > 1 && work >= FASTNN_PARALLEL_MIN) ? nthreads : 1;

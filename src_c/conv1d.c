@@ -20,27 +20,62 @@
 
 /* A window's steps are contiguous in x, so each row of cols is one copy of K*C values,
  * with zeros for the steps that fall outside the input ("same" padding). */
+static void FN(conv1d_im2col_range)(real *cols, const real *x, int L, int C, int Lout,
+                                    int K, int stride, int pad_left, ptrdiff_t b0,
+                                    ptrdiff_t b1)
+{
+    ptrdiff_t row_len = (ptrdiff_t)K * C;
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        const real *xs = x + bi * L * C;
+        for (int t = 0; t < Lout; t++) {
+            real *row = cols + (bi * Lout + t) * row_len;
+            int start = t * stride - pad_left;
+            int lo = start < 0 ? 0 : start;              /* first step inside x */
+            int hi = start + K > L ? L : start + K;      /* one past the last */
+            size_t before = (size_t)(lo - start) * C, inside = (size_t)(hi - lo) * C;
+            memset(row, 0, sizeof(real) * before);
+            memcpy(row + before, xs + (ptrdiff_t)lo * C, sizeof(real) * inside);
+            memset(row + before + inside, 0, sizeof(real) * ((size_t)row_len - before - inside));
+        }
+    }
+}
+
 void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout, int K,
                        int stride, int pad_left, int nthreads)
 {
-    ptrdiff_t row_len = (ptrdiff_t)K * C;
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * row_len, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * K * C, nthreads);
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(conv1d_im2col_range)(cols, x, L, C, Lout, K, stride, pad_left, 0, B);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
+        unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            const real *xs = x + bi * L * C;
-            for (int t = 0; t < Lout; t++) {
-                real *row = cols + (bi * Lout + t) * row_len;
-                int start = t * stride - pad_left;
-                int lo = start < 0 ? 0 : start;              /* first step inside x */
-                int hi = start + K > L ? L : start + K;      /* one past the last */
-                size_t before = (size_t)(lo - start) * C, inside = (size_t)(hi - lo) * C;
-                memset(row, 0, sizeof(real) * before);
-                memcpy(row + before, xs + (ptrdiff_t)lo * C, sizeof(real) * inside);
-                memset(row + before + inside, 0, sizeof(real) * ((size_t)row_len - before - inside));
-            }
+        FN(conv1d_im2col_range)(cols, x, L, C, Lout, K, stride, pad_left, b0, b1);
+        fastnn_ftz_leave(csr);
+    }
+}
+
+static void FN(conv1d_col2im_range)(real *dx, const real *dcols, int L, int C, int Lout,
+                                    int K, int stride, int pad_left, ptrdiff_t b0,
+                                    ptrdiff_t b1)
+{
+    ptrdiff_t row_len = (ptrdiff_t)K * C;
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        real *dxs = dx + bi * L * C;
+        memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
+        /* Each output step adds its window's gradient back, in a fixed order. */
+        for (int t = 0; t < Lout; t++) {
+            int start = t * stride - pad_left;
+            int lo = start < 0 ? 0 : start, hi = start + K > L ? L : start + K;
+            const real *src = dcols + (bi * Lout + t) * row_len + (ptrdiff_t)(lo - start) * C;
+            real *dst = dxs + (ptrdiff_t)lo * C;
+            ptrdiff_t count = (ptrdiff_t)(hi - lo) * C;
+            for (ptrdiff_t i = 0; i < count; i++) dst[i] += src[i];
         }
     }
 }
@@ -48,26 +83,19 @@ void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout,
 void FN(conv1d_col2im)(real *dx, const real *dcols, int B, int L, int C, int Lout, int K,
                        int stride, int pad_left, int nthreads)
 {
-    ptrdiff_t row_len = (ptrdiff_t)K * C;
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * row_len, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * K * C, nthreads);
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(conv1d_col2im_range)(dx, dcols, L, C, Lout, K, stride, pad_left, 0, B);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            real *dxs = dx + bi * L * C;
-            memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
-            /* Each output step adds its window's gradient back, in a fixed order. */
-            for (int t = 0; t < Lout; t++) {
-                int start = t * stride - pad_left;
-                int lo = start < 0 ? 0 : start, hi = start + K > L ? L : start + K;
-                const real *src = dcols + (bi * Lout + t) * row_len + (ptrdiff_t)(lo - start) * C;
-                real *dst = dxs + (ptrdiff_t)lo * C;
-                ptrdiff_t count = (ptrdiff_t)(hi - lo) * C;
-                for (ptrdiff_t i = 0; i < count; i++) dst[i] += src[i];
-            }
-        }
+        FN(conv1d_col2im_range)(dx, dcols, L, C, Lout, K, stride, pad_left, b0, b1);
         fastnn_ftz_leave(csr);
     }
 }
@@ -95,40 +123,71 @@ void FN(conv1d_backward)(real *dx, real *dw, real *db, real *dout, real *cols, r
     if (dx) FN(conv1d_col2im)(dx, dcols, B, L, C, Lout, K, stride, pad_left, nthreads);
 }
 
-void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int L, int C,
-                           int Lout, int pool, int stride, int pad_left, int nthreads)
+static void FN(maxpool1d_forward_range)(real *out, int32_t *argmax, const real *x, int L,
+                                        int C, int Lout, int pool, int stride, int pad_left,
+                                        ptrdiff_t b0, ptrdiff_t b1)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * C * pool, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        /* DAZ decides comparisons with subnormals: every thread must compare alike. */
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            const real *xs = x + bi * L * C;
-            for (int t = 0; t < Lout; t++) {
-                int first = t * stride - pad_left;
-                int lo = first < 0 ? 0 : first;
-                int hi = first + pool > L ? L : first + pool;
-                real *o = out + (bi * Lout + t) * C;
-                int32_t *am = argmax + (bi * Lout + t) * C;
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        const real *xs = x + bi * L * C;
+        for (int t = 0; t < Lout; t++) {
+            int first = t * stride - pad_left;
+            int lo = first < 0 ? 0 : first;
+            int hi = first + pool > L ? L : first + pool;
+            real *o = out + (bi * Lout + t) * C;
+            int32_t *am = argmax + (bi * Lout + t) * C;
+            for (int c = 0; c < C; c++) {
+                o[c] = xs[(ptrdiff_t)lo * C + c];
+                am[c] = lo;
+            }
+            for (int s = lo + 1; s < hi; s++) {
+                const real *xr = xs + (ptrdiff_t)s * C;
                 for (int c = 0; c < C; c++) {
-                    o[c] = xs[(ptrdiff_t)lo * C + c];
-                    am[c] = lo;
-                }
-                for (int s = lo + 1; s < hi; s++) {
-                    const real *xr = xs + (ptrdiff_t)s * C;
-                    for (int c = 0; c < C; c++) {
-                        if (xr[c] > o[c]) {
-                            o[c] = xr[c];
-                            am[c] = s;
-                        }
+                    if (xr[c] > o[c]) {
+                        o[c] = xr[c];
+                        am[c] = s;
                     }
                 }
             }
         }
+    }
+}
+
+void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int L, int C,
+                           int Lout, int pool, int stride, int pad_left, int nthreads)
+{
+    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * C * pool, nthreads);
+    /* FTZ/DAZ on every path: DAZ decides comparisons with subnormals, and every thread
+     * must compare alike. */
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(maxpool1d_forward_range)(out, argmax, x, L, C, Lout, pool, stride, pad_left, 0,
+                                    B);
         fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        ptrdiff_t b0, b1;
+        fastnn_thread_range(B, &b0, &b1);
+        FN(maxpool1d_forward_range)(out, argmax, x, L, C, Lout, pool, stride, pad_left, b0,
+                                    b1);
+        fastnn_ftz_leave(csr);
+    }
+}
+
+static void FN(maxpool1d_backward_range)(real *dx, const real *dout, const int32_t *argmax,
+                                         int L, int C, int Lout, ptrdiff_t b0, ptrdiff_t b1)
+{
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        real *dxs = dx + bi * L * C;
+        memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
+        /* out = x[argmax]  =>  dx[argmax] += dout (windows may overlap) */
+        for (ptrdiff_t t = 0; t < Lout; t++) {
+            const real *d = dout + (bi * Lout + t) * C;
+            const int32_t *am = argmax + (bi * Lout + t) * C;
+            for (int c = 0; c < C; c++) dxs[(ptrdiff_t)am[c] * C + c] += d[c];
+        }
     }
 }
 
@@ -136,44 +195,66 @@ void FN(maxpool1d_backward)(real *dx, const real *dout, const int32_t *argmax, i
                             int C, int Lout, int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(maxpool1d_backward_range)(dx, dout, argmax, L, C, Lout, 0, B);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            real *dxs = dx + bi * L * C;
-            memset(dxs, 0, sizeof(real) * (size_t)L * (size_t)C);
-            /* out = x[argmax]  =>  dx[argmax] += dout (windows may overlap) */
-            for (ptrdiff_t t = 0; t < Lout; t++) {
-                const real *d = dout + (bi * Lout + t) * C;
-                const int32_t *am = argmax + (bi * Lout + t) * C;
-                for (int c = 0; c < C; c++) dxs[(ptrdiff_t)am[c] * C + c] += d[c];
-            }
-        }
+        FN(maxpool1d_backward_range)(dx, dout, argmax, L, C, Lout, b0, b1);
         fastnn_ftz_leave(csr);
+    }
+}
+
+static void FN(global_avgpool1d_forward_range)(real *out, const real *x, int L, int C,
+                                               ptrdiff_t b0, ptrdiff_t b1)
+{
+    real inv = (real)1 / (real)L;
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        real *o = out + bi * C;
+        for (int c = 0; c < C; c++) o[c] = 0;
+        for (ptrdiff_t s = 0; s < L; s++) {
+            const real *xr = x + (bi * L + s) * C;
+            for (int c = 0; c < C; c++) o[c] += xr[c];
+        }
+        for (int c = 0; c < C; c++) o[c] *= inv;
     }
 }
 
 void FN(global_avgpool1d_forward)(real *out, const real *x, int B, int L, int C, int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    real inv = (real)1 / (real)L;
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(global_avgpool1d_forward_range)(out, x, L, C, 0, B);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            real *o = out + bi * C;
-            for (int c = 0; c < C; c++) o[c] = 0;
-            for (ptrdiff_t s = 0; s < L; s++) {
-                const real *xr = x + (bi * L + s) * C;
-                for (int c = 0; c < C; c++) o[c] += xr[c];
-            }
-            for (int c = 0; c < C; c++) o[c] *= inv;
-        }
+        FN(global_avgpool1d_forward_range)(out, x, L, C, b0, b1);
         fastnn_ftz_leave(csr);
+    }
+}
+
+static void FN(global_avgpool1d_backward_range)(real *dx, const real *dout, int L, int C,
+                                                ptrdiff_t b0, ptrdiff_t b1)
+{
+    real inv = (real)1 / (real)L;
+    /* out = mean over steps of x  =>  dx[s] = dout / L for every step s */
+    for (ptrdiff_t bi = b0; bi < b1; bi++) {
+        for (ptrdiff_t s = 0; s < L; s++) {
+            real *d = dx + (bi * L + s) * C;
+            for (int c = 0; c < C; c++) d[c] = dout[bi * C + c] * inv;
+        }
     }
 }
 
@@ -181,19 +262,18 @@ void FN(global_avgpool1d_backward)(real *dx, const real *dout, int B, int L, int
                                    int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    real inv = (real)1 / (real)L;
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(global_avgpool1d_backward_range)(dx, dout, L, C, 0, B);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t b0, b1;
         fastnn_thread_range(B, &b0, &b1);
-        /* out = mean over steps of x  =>  dx[s] = dout / L for every step s */
-        for (ptrdiff_t bi = b0; bi < b1; bi++) {
-            for (ptrdiff_t s = 0; s < L; s++) {
-                real *d = dx + (bi * L + s) * C;
-                for (int c = 0; c < C; c++) d[c] = dout[bi * C + c] * inv;
-            }
-        }
+        FN(global_avgpool1d_backward_range)(dx, dout, L, C, b0, b1);
         fastnn_ftz_leave(csr);
     }
 }

@@ -37,29 +37,65 @@ static int FN(gemm_panels)(int rows, double flops)
 /* Row-major out (M x N) = a (M x K) b, where a's rows are `lda` apart and b is given as
  * the column-major operand `bmat` with its transpose flag (see the callers). The M rows
  * are cut into panels. */
+/* Panel p of a product cut into `panels` row panels: one single-threaded BLAS call. */
+static void FN(gemm_panel)(int p, int panels, real *out, int ldo, const real *a, int lda,
+                           char transa_cm, const real *bmat, int ldb, char transb_cm, int M,
+                           int N, int K, gemm_fn gemm)
+{
+    int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+    int rows = r1 - r0;
+    if (rows <= 0) return;
+    real one = 1, zero = 0;
+    char ta = transb_cm, tb = transa_cm;
+    int n_ = N, k_ = K, ldb_ = ldb, lda_ = lda, ldo_ = ldo;
+    /* Column-major: out^T (N x rows) = op(bmat) (N x K) op(a panel) (K x rows). */
+    const real *ap = (transa_cm == 'N') ? a + (ptrdiff_t)r0 * lda : a + r0;
+    gemm(&ta, &tb, &n_, &rows, &k_, &one, (real *)bmat, &ldb_, (real *)ap, &lda_, &zero,
+         out + (ptrdiff_t)r0 * ldo, &ldo_);
+}
+
+/* Row-major out (M x N) = a (M x K) b, where a's rows are `lda` apart and b is given as
+ * the column-major operand `bmat` with its transpose flag (see the callers). The M rows
+ * are cut into panels. */
 static void FN(gemm_row_panels)(real *out, int ldo, const real *a, int lda, char transa_cm,
                                 const real *bmat, int ldb, char transb_cm, int M, int N,
                                 int K, gemm_fn gemm, int nthreads)
 {
     int panels = FN(gemm_panels)(M, 2.0 * M * N * K);
     int nt = nthreads < panels ? nthreads : panels;
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    if (nt <= 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        for (int p = 0; p < panels; p++) {
+            FN(gemm_panel)(p, panels, out, ldo, a, lda, transa_cm, bmat, ldb, transb_cm, M, N,
+                           K, gemm);
+        }
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel for schedule(static) num_threads(nt)
     for (int p = 0; p < panels; p++) {
         /* FTZ/DAZ in whichever thread runs the panel (OpenMP workers keep the mode of the
          * thread that created them), so every panel rounds subnormals alike. */
         unsigned int csr = fastnn_ftz_enter();
-        int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
-        int rows = r1 - r0;
-        real one = 1, zero = 0;
-        char ta = transb_cm, tb = transa_cm;
-        int n_ = N, k_ = K, ldb_ = ldb, lda_ = lda, ldo_ = ldo;
-        /* Column-major: out^T (N x rows) = op(bmat) (N x K) op(a panel) (K x rows). */
-        const real *ap = (transa_cm == 'N') ? a + (ptrdiff_t)r0 * lda : a + r0;
-        if (rows > 0) {
-            gemm(&ta, &tb, &n_, &rows, &k_, &one, (real *)bmat, &ldb_, (real *)ap, &lda_,
-                 &zero, out + (ptrdiff_t)r0 * ldo, &ldo_);
-        }
+        FN(gemm_panel)(p, panels, out, ldo, a, lda, transa_cm, bmat, ldb, transb_cm, M, N, K,
+                       gemm);
         fastnn_ftz_leave(csr);
+    }
+}
+
+/* Bias then activation on rows [r0, r1), in blocks of rows small enough to stay in cache. */
+static void FN(bias_activation_rows)(real *z, real *a, const real *b, ptrdiff_t r0,
+                                     ptrdiff_t r1, int OC, int act, real slope)
+{
+    for (ptrdiff_t c0 = r0; c0 < r1; c0 += 16) {
+        ptrdiff_t c1 = c0 + 16 < r1 ? c0 + 16 : r1;
+        if (b) {
+            for (ptrdiff_t r = c0; r < c1; r++) {
+                real *zr = z + r * OC;
+                for (int j = 0; j < OC; j++) zr[j] += b[j];
+            }
+        }
+        FN(activation_forward_rows)(a, z, c0, c1, OC, act, slope);
     }
 }
 
@@ -75,41 +111,49 @@ void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const rea
     }
 
     int nt = fastnn_threads_for((ptrdiff_t)B * OC, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(bias_activation_rows)(z, a, b, 0, B, OC, act, slope);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t r0, r1;
         fastnn_thread_range(B, &r0, &r1);
-        /* Bias then activation on blocks of rows small enough to stay in cache. */
-        for (ptrdiff_t c0 = r0; c0 < r1; c0 += 16) {
-            ptrdiff_t c1 = c0 + 16 < r1 ? c0 + 16 : r1;
-            if (b) {
-                for (ptrdiff_t r = c0; r < c1; r++) {
-                    real *zr = z + r * OC;
-                    for (int j = 0; j < OC; j++) zr[j] += b[j];
-                }
-            }
-            FN(activation_forward_rows)(a, z, c0, c1, OC, act, slope);
-        }
+        FN(bias_activation_rows)(z, a, b, r0, r1, OC, act, slope);
         fastnn_ftz_leave(csr);
+    }
+}
+
+/* Columns [c0, c1) of the column sums, row by row, so the inner loop runs over contiguous
+ * columns and each sum keeps the same order whatever the thread count. */
+static void FN(column_sums_range)(real *out, const real *m, ptrdiff_t rows, ptrdiff_t cols,
+                                  ptrdiff_t c0, ptrdiff_t c1)
+{
+    for (ptrdiff_t j = c0; j < c1; j++) out[j] = 0;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const real *mr = m + r * cols;
+        for (ptrdiff_t j = c0; j < c1; j++) out[j] += mr[j];
     }
 }
 
 void FN(column_sums)(real *out, const real *m, int rows, int cols, int nthreads)
 {
     int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(column_sums_range)(out, m, rows, cols, 0, cols);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t c0, c1;
         fastnn_thread_range(cols, &c0, &c1);
-        for (ptrdiff_t j = c0; j < c1; j++) out[j] = 0;
-        /* Row by row, so the inner loop runs over contiguous columns and each sum keeps
-         * the same order whatever the thread count. */
-        for (ptrdiff_t r = 0; r < rows; r++) {
-            const real *mr = m + r * cols;
-            for (ptrdiff_t j = c0; j < c1; j++) out[j] += mr[j];
-        }
+        FN(column_sums_range)(out, m, rows, cols, c0, c1);
         fastnn_ftz_leave(csr);
     }
 }

@@ -81,7 +81,13 @@ void FN(sgd_update)(real *w, const real *g, real *velocity, ptrdiff_t n, real lr
                     real momentum, int nesterov, int nthreads)
 {
     int nt = fastnn_threads_for(n, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(sgd_range)(w, g, velocity, 0, n, lr, momentum, nesterov);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
@@ -95,7 +101,13 @@ void FN(adam_update)(real *w, const real *g, real *m, real *v, ptrdiff_t n, real
                      real beta1, real beta2, real eps, int nthreads)
 {
     int nt = fastnn_threads_for(n, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(adam_range)(w, g, m, v, 0, n, lr_t, beta1, beta2, eps);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
@@ -109,7 +121,13 @@ void FN(rmsprop_update)(real *w, const real *g, real *v, real *mom, ptrdiff_t n,
                         real rho, real momentum, real eps, int nthreads)
 {
     int nt = fastnn_threads_for(n, nthreads);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(rmsprop_range)(w, g, v, mom, 0, n, lr, rho, momentum, eps);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
     {
         unsigned int csr = fastnn_ftz_enter();
         ptrdiff_t i0, i1;
