@@ -35,6 +35,12 @@ cdef extern from "dense.h" nogil:
     void dense_backward_f32(float *dx, float *dw, float *db, float *dout, const float *z, const float *a, const float *x, const float *w, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
     void dense_backward_f64(double *dx, double *dw, double *db, double *dout, const double *z, const double *a, const double *x, const double *w, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
 
+cdef extern from "gemm.h" nogil:
+    int GEMM_AUTO, GEMM_BLAS, GEMM_SMALL
+    int gemm_small_available()
+    void gemm_method_f32(int method, float *out, int ldo, const float *a, int lda, int a_trans, const float *b, int ldb, int b_trans, int M, int N, int K, sgemm_fn blas, int nthreads)
+    void gemm_method_f64(int method, double *out, int ldo, const double *a, int lda, int a_trans, const double *b, int ldb, int b_trans, int M, int N, int K, dgemm_fn blas, int nthreads)
+
 cdef extern from "losses.h" nogil:
     int LOSS_BINARY_CROSSENTROPY, LOSS_MEAN_SQUARED_ERROR, LOSS_SPARSE_CATEGORICAL_CROSSENTROPY, LOSS_CATEGORICAL_CROSSENTROPY
     int METRIC_BINARY_ACCURACY, METRIC_SPARSE_CATEGORICAL_ACCURACY, METRIC_CATEGORICAL_ACCURACY, METRIC_MEAN_ABSOLUTE_ERROR, METRIC_MEAN_SQUARED_ERROR
@@ -179,6 +185,43 @@ def activation_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, int act
             activation_backward_f32(&dz[0, 0], &da[0, 0], &z[0, 0], &a[0, 0], rows, cols, act, <float>slope, nthreads)
         else:
             activation_backward_f64(&dz[0, 0], &da[0, 0], &z[0, 0], &a[0, 0], rows, cols, act, slope, nthreads)
+    return out
+
+
+GEMM_METHODS = {"auto": GEMM_AUTO, "blas": GEMM_BLAS, "small": GEMM_SMALL}
+
+
+def small_gemm_available():
+    """Whether this CPU runs fastnn's own small-product kernel (AVX-512)."""
+    return bool(gemm_small_available())
+
+
+def gemm(real[:, ::1] a, real[:, ::1] b, bint a_trans=False, bint b_trans=False,
+         method="auto", int nthreads=1, out=None):
+    """op(a) op(b) by the given method ("auto", "blas" or "small"; see src_c/gemm.h),
+    into `out` (C-contiguous, written) when given."""
+    cdef int M = a.shape[1] if a_trans else a.shape[0]
+    cdef int K = a.shape[0] if a_trans else a.shape[1]
+    cdef int N = b.shape[0] if b_trans else b.shape[1]
+    cdef int kb = b.shape[1] if b_trans else b.shape[0]
+    if method not in GEMM_METHODS:
+        raise ValueError(f"method: expected one of {sorted(GEMM_METHODS)}, got {method!r}")
+    cdef int m = GEMM_METHODS[method]
+    if kb != K:
+        raise ValueError(f"b: inner dimension {kb} does not match a's {K}")
+    if out is None:
+        out = np.empty((M, N), dtype=np.asarray(a).dtype)
+    _dims("out", out, (M, N))
+    cdef real[:, ::1] o = out
+    if M * N == 0:
+        return out
+    cdef real *ap = &a[0, 0] if a.shape[0] * a.shape[1] else NULL
+    cdef real *bp = &b[0, 0] if b.shape[0] * b.shape[1] else NULL
+    with nogil:
+        if real is float:
+            gemm_method_f32(m, &o[0, 0], N, ap, a.shape[1], a_trans, bp, b.shape[1], b_trans, M, N, K, <sgemm_fn>gemm_for(False), nthreads)
+        else:
+            gemm_method_f64(m, &o[0, 0], N, ap, a.shape[1], a_trans, bp, b.shape[1], b_trans, M, N, K, <dgemm_fn>gemm_for(True), nthreads)
     return out
 
 

@@ -134,6 +134,12 @@ def activation_backward(da, z, a, name, slope=0.01):
 # Dense layer
 # ---------------------------------------------------------------------------
 
+def gemm(a, b, a_trans=False, b_trans=False):
+    """op(a) @ op(b), the product of src_c/gemm.c (op transposes when asked)."""
+    a, b = _f64(a), _f64(b)
+    return (a.T if a_trans else a) @ (b.T if b_trans else b)
+
+
 def dense_forward(x, w, b, activation="linear", slope=0.01):
     """z = x @ w + b (b may be None), a = act(z). Returns (z, a).
 

@@ -1,8 +1,8 @@
 /* dense.h: fully connected layer, z = x w + b, a = f(z).
  *
  * Layout (row-major, contiguous): x (B x C), w (C x OC), b (OC), z and a (B x OC).
- * The matrix products go through the BLAS gemm passed in (see common.h); a row-major
- * product is the column-major product of the transposes, so operands are swapped.
+ * The matrix products go through gemm.h (fastnn's small-product kernel or the BLAS gemm
+ * passed in).
  * forward:  z = x w + b (bias added in the same pass that applies the activation);
  *           a = f(z); `a` may equal `z` (in place, e.g. linear layers or inference).
  *           b may be NULL (use_bias=False).
@@ -11,8 +11,8 @@
  *           Gradients are written, not accumulated: in a sequential network each
  *           parameter is used once per step, so nothing needs zeroing first.
  *           db and dx may be NULL (no bias; first layer needs no dx).
- * Threads: the elementwise passes split rows, the bias gradient splits columns; BLAS
- * runs with its own threads outside any OpenMP region.
+ * Threads: the elementwise passes split rows, the bias gradient splits columns, the
+ * products split rows (gemm.h).
  */
 #ifndef FASTNN_DENSE_H
 #define FASTNN_DENSE_H

@@ -1,0 +1,285 @@
+/* gemm.c: see gemm.h. Written once for `real`, compiled for float and double by
+ * including itself (real_begin.h explains the pattern). */
+#ifndef FASTNN_TEMPLATE
+#define FASTNN_TEMPLATE
+#include "gemm.h"
+
+/* The small-product kernel needs GCC or clang on x86-64 (AVX-512 intrinsics in functions
+ * compiled for that target only, picked at run time); elsewhere everything goes to BLAS. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) \
+    && !defined(FASTNN_NO_SMALL_GEMM)
+#define FASTNN_SMALL_GEMM 1
+#include <immintrin.h>
+#define SMALL_TARGET __attribute__((target("avx512f")))
+#define SMALL_INLINE static inline __attribute__((always_inline)) SMALL_TARGET
+#else
+#define FASTNN_SMALL_GEMM 0
+#endif
+
+int gemm_small_available(void)
+{
+#if FASTNN_SMALL_GEMM
+    static int available = -1; /* a cache of a fact about the CPU, not of any state */
+    if (available < 0) {
+        __builtin_cpu_init();
+        available = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return available;
+#else
+    return 0;
+#endif
+}
+
+/* Panel count, from the sizes only: 1 for products too small to share (a fork/join costs
+ * about a microsecond; a BLAS call on a thin panel also loses efficiency, so BLAS panels
+ * need more work and rows than the kernel's); otherwise an even count, so two threads
+ * split evenly, more for larger products. */
+static int gemm_panels(int rows, double flops, int small)
+{
+    double min_flops = small ? 3e5 : 1e6;
+    int min_rows = small ? 16 : 32;
+    if (flops < min_flops || rows < 2 * min_rows) return 1;
+    int pairs = flops < 64e6 ? 1 : (flops < 256e6 ? 2 : 4);
+    if (pairs > rows / (2 * min_rows)) pairs = rows / (2 * min_rows);
+    return 2 * pairs;
+}
+
+/* The kernel packs b^T in column blocks into a stack buffer of this many bytes. */
+#define SMALL_PACK_BYTES 32768
+
+#define FASTNN_DOUBLE 0
+#include "real_begin.h"
+#include "gemm.c"
+#include "real_end.h"
+#define FASTNN_DOUBLE 1
+#include "real_begin.h"
+#include "gemm.c"
+#include "real_end.h"
+#undef FASTNN_TEMPLATE
+#else
+
+/* ---- BLAS path ------------------------------------------------------------------------ */
+
+/* Rows [r0, r1) of the product by one call of the column-major BLAS: a row-major matrix
+ * is the column-major transpose, so it computes out^T = op(b)^T op(a)^T. */
+static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_trans,
+                          const real *b, int ldb, int b_trans, int r0, int r1, int N, int K,
+                          gemm_fn blas)
+{
+    int rows = r1 - r0;
+    if (rows <= 0 || N <= 0) return;
+    real one = 1, zero = 0;
+    char tb = b_trans ? 'T' : 'N', ta = a_trans ? 'T' : 'N';
+    int n_ = N, k_ = K, ldb_ = ldb, lda_ = lda, ldo_ = ldo;
+    const real *ap = a_trans ? a + r0 : a + (ptrdiff_t)r0 * lda;
+    blas(&tb, &ta, &n_, &rows, &k_, &one, (real *)b, &ldb_, (real *)ap, &lda_, &zero,
+         out + (ptrdiff_t)r0 * ldo, &ldo_);
+}
+
+/* ---- the small-product kernel --------------------------------------------------------- */
+#if FASTNN_SMALL_GEMM
+
+#if FASTNN_DOUBLE
+#define VEC __m512d
+#define VLEN 8
+#define VMASK __mmask8
+#define VZERO() _mm512_setzero_pd()
+#define VLOAD(p) _mm512_loadu_pd(p)
+#define VLOAD_MASKED(m, p) _mm512_maskz_loadu_pd((m), (p))
+#define VSET1(x) _mm512_set1_pd(x)
+#define VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define VSTORE(p, v) _mm512_storeu_pd((p), (v))
+#define VSTORE_MASKED(p, m, v) _mm512_mask_storeu_pd((p), (m), (v))
+#else
+#define VEC __m512
+#define VLEN 16
+#define VMASK __mmask16
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VLOAD_MASKED(m, p) _mm512_maskz_loadu_ps((m), (p))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VSTORE(p, v) _mm512_storeu_ps((p), (v))
+#define VSTORE_MASKED(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#endif
+
+/* One tile: MR rows by NV vectors of columns (the last vector masked to `last`), held in
+ * registers while k runs over the whole inner dimension; op(a)[r, k] is
+ * a[r * a_rs + k * a_ks]. MR and NV are constants at every call, so the loops unroll
+ * and the accumulators stay in registers. Each output is one FMA chain over k in order,
+ * whatever the tile, so the result never depends on how rows were cut. */
+SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_rs,
+                                 ptrdiff_t a_ks, const real *b, int ldb, int K, const int MR,
+                                 const int NV, VMASK last)
+{
+    VEC acc[12][4];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = VZERO();
+    for (int k = 0; k < K; k++) {
+        const real *bk = b + (ptrdiff_t)k * ldb;
+        const real *ak = a + (ptrdiff_t)k * a_ks;
+        VEC bv[4];
+        for (int v = 0; v < NV - 1; v++) bv[v] = VLOAD(bk + v * VLEN);
+        bv[NV - 1] = VLOAD_MASKED(last, bk + (NV - 1) * VLEN);
+        for (int r = 0; r < MR; r++) {
+            VEC av = VSET1(ak[r * a_rs]);
+            for (int v = 0; v < NV; v++) acc[r][v] = VFMA(av, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < MR; r++) {
+        real *o = out + (ptrdiff_t)r * ldo;
+        for (int v = 0; v < NV - 1; v++) VSTORE(o + v * VLEN, acc[r][v]);
+        VSTORE_MASKED(o + (NV - 1) * VLEN, last, acc[r][NV - 1]);
+    }
+}
+
+/* Rows [i0, i1) of one block of NV vector columns (out_j, b_j: the block's first column):
+ * tiles of MR rows (as many as the registers hold: MR * NV accumulators, NV b vectors and
+ * one broadcast within 32), then tiles of 4 and 1 for the rest. */
+#define SMALL_ROWS(NV, MR)                                                                 \
+    do {                                                                                   \
+        for (; i + (MR) <= i1; i += (MR))                                                  \
+            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
+                           ldb, K, (MR), (NV), last);                                      \
+        for (; i + 4 <= i1; i += 4)                                                        \
+            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
+                           ldb, K, 4, (NV), last);                                         \
+        for (; i < i1; i++)                                                                \
+            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
+                           ldb, K, 1, (NV), last);                                         \
+    } while (0)
+
+/* Rows [i0, i1) of out (N columns) = op(a) b with b row-major (rows ldb apart), in
+ * blocks of up to 4 vectors of columns. */
+SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdiff_t a_rs,
+                                         ptrdiff_t a_ks, const real *b, int ldb, int i0,
+                                         int i1, int N, int K)
+{
+    for (int j0 = 0; j0 < N; j0 += 4 * VLEN) {
+        int cols = N - j0 < 4 * VLEN ? N - j0 : 4 * VLEN;
+        int nv = (cols + VLEN - 1) / VLEN;
+        VMASK last = (VMASK)((1u << (cols - (nv - 1) * VLEN)) - 1u);
+        real *out_j = out + j0;
+        const real *b_j = b + j0;
+        int i = i0;
+        switch (nv) {
+        case 1: SMALL_ROWS(1, 12); break;
+        case 2: SMALL_ROWS(2, 12); break;
+        case 3: SMALL_ROWS(3, 8); break;
+        default: SMALL_ROWS(4, 6); break;
+        }
+    }
+}
+#undef SMALL_ROWS
+
+/* Rows [r0, r1) of the product by the kernel. b^T is first packed, a block of columns at
+ * a time, into a row-major buffer on the stack. */
+static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, int a_trans,
+                                   const real *b, int ldb, int b_trans, int r0, int r1, int N,
+                                   int K)
+{
+    if (r1 <= r0 || N <= 0) return;
+    ptrdiff_t a_rs = a_trans ? 1 : lda, a_ks = a_trans ? lda : 1;
+    if (!b_trans) {
+        FN(small_rows)(out, ldo, a, a_rs, a_ks, b, ldb, r0, r1, N, K);
+        return;
+    }
+    real packed[SMALL_PACK_BYTES / sizeof(real)];
+    int block = (int)(SMALL_PACK_BYTES / sizeof(real)) / (K > 0 ? K : 1) / VLEN * VLEN;
+    for (int j0 = 0; j0 < N; j0 += block) {
+        int cols = N - j0 < block ? N - j0 : block;
+        for (int j = 0; j < cols; j++) {
+            const real *bj = b + (ptrdiff_t)(j0 + j) * ldb;
+            for (int k = 0; k < K; k++) packed[(ptrdiff_t)k * block + j] = bj[k];
+        }
+        FN(small_rows)(out + j0, ldo, a, a_rs, a_ks, packed, block, r0, r1, cols, K);
+    }
+}
+
+#undef VEC
+#undef VLEN
+#undef VMASK
+#undef VZERO
+#undef VLOAD
+#undef VLOAD_MASKED
+#undef VSET1
+#undef VFMA
+#undef VSTORE
+#undef VSTORE_MASKED
+#endif /* FASTNN_SMALL_GEMM */
+
+/* ---- dispatch ------------------------------------------------------------------------- */
+
+/* Whether the kernel can take the product (b^T must pack at least one vector of
+ * columns) and, for GEMM_AUTO, whether it should. Measured on this project's shapes
+ * (bench/kernels.py), the kernel matches or beats OpenBLAS's single-threaded sgemm
+ * wherever a K x 64 block of b stays in the core's L2 cache (K up to ~2048); it has no
+ * cache blocking over K, so longer inner dimensions and huge products go to BLAS. */
+static int FN(use_small)(int method, int b_trans, int M, int N, int K)
+{
+    if (method == GEMM_BLAS || !gemm_small_available()) return 0;
+    const int vlen = 64 / (int)sizeof(real);
+    if (b_trans && (ptrdiff_t)K * vlen > (ptrdiff_t)(SMALL_PACK_BYTES / sizeof(real))) return 0;
+    if (method == GEMM_SMALL) return 1;
+    return K <= 1024 && 2.0 * M * N * K <= 1e9;
+}
+
+/* Rows [r0, r1) of the product, by the kernel or by one BLAS call. */
+static void FN(product_rows)(int small, real *out, int ldo, const real *a, int lda,
+                             int a_trans, const real *b, int ldb, int b_trans, int r0, int r1,
+                             int N, int K, gemm_fn blas)
+{
+#if FASTNN_SMALL_GEMM
+    if (small) {
+        FN(small_product_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K);
+        return;
+    }
+#else
+    (void)small;
+#endif
+    FN(blas_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K, blas);
+}
+
+void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int a_trans,
+                     const real *b, int ldb, int b_trans, int M, int N, int K, gemm_fn blas,
+                     int nthreads)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) out[(ptrdiff_t)i * ldo + j] = 0;
+        return;
+    }
+    int small = FN(use_small)(method, b_trans, M, N, K);
+    int panels = gemm_panels(M, 2.0 * M * N * K, small);
+    int nt = nthreads < panels ? nthreads : panels;
+    if (nt <= 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        for (int p = 0; p < panels; p++) {
+            int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+            FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
+                             blas);
+        }
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int p = 0; p < panels; p++) {
+        /* FTZ/DAZ in whichever thread runs the panel (OpenMP workers keep the mode of the
+         * thread that created them), so every panel rounds subnormals alike. */
+        unsigned int csr = fastnn_ftz_enter();
+        int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+        FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
+                         blas);
+        fastnn_ftz_leave(csr);
+    }
+}
+
+void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, int ldb,
+              int b_trans, int M, int N, int K, gemm_fn blas, int nthreads)
+{
+    FN(gemm_method)(GEMM_AUTO, out, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, blas,
+                    nthreads);
+}
+
+#endif /* FASTNN_TEMPLATE */

@@ -1,0 +1,42 @@
+/* gemm.h: the matrix products of the dense and conv1d layers.
+ *
+ *   out (M x N, rows ldo apart) = op(a) (M x K) op(b) (K x N), all row-major, where
+ *   op(a) = a (M x K, rows lda apart), or a^T when a_trans (a is K x M, rows lda apart);
+ *   op(b) = b (K x N, rows ldb apart), or b^T when b_trans (b is N x K, rows ldb apart).
+ * out is written, not accumulated into.
+ *
+ * Two ways to compute it:
+ * - GEMM_SMALL: fastnn's own register-blocked kernel (AVX-512, chosen at run time when
+ *   the CPU has it). Each output element is one chain of fused multiply-adds over k in
+ *   order. It wins where BLAS spends more time packing operands and dispatching than
+ *   multiplying: few output columns, or few flops (small networks, convolutions, the
+ *   one-sample predict). bench/kernels.py measures it against BLAS at those shapes.
+ * - GEMM_BLAS: the Fortran BLAS sgemm/dgemm handed in by the Cython glue (scipy's).
+ * GEMM_AUTO picks by the sizes alone. Either way the M rows are cut into panels whose
+ * boundaries depend only on the sizes, and each panel is computed by one thread (one
+ * single-threaded BLAS call, or the kernel), so results are bit-identical whatever the
+ * thread count. BLAS is never called from inside an OpenMP region by more threads than
+ * fastnn was given, and the Python layer holds the BLAS' own threads at 1 meanwhile.
+ */
+#ifndef FASTNN_GEMM_H
+#define FASTNN_GEMM_H
+
+#include "common.h"
+
+enum { GEMM_AUTO = 0, GEMM_BLAS = 1, GEMM_SMALL = 2 };
+
+/* Whether this CPU runs the GEMM_SMALL kernel (otherwise GEMM_SMALL means GEMM_BLAS). */
+int gemm_small_available(void);
+
+#define FASTNN_DECLARE_GEMM(real, sfx, gemm_t)                                              \
+    void gemm_##sfx(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, \
+                    int ldb, int b_trans, int M, int N, int K, gemm_t blas, int nthreads);  \
+    /* The same product by the given method (GEMM_AUTO, GEMM_BLAS or GEMM_SMALL). */        \
+    void gemm_method_##sfx(int method, real *out, int ldo, const real *a, int lda,          \
+                           int a_trans, const real *b, int ldb, int b_trans, int M, int N,  \
+                           int K, gemm_t blas, int nthreads);
+
+FASTNN_DECLARE_GEMM(float, f32, sgemm_fn)
+FASTNN_DECLARE_GEMM(double, f64, dgemm_fn)
+
+#endif

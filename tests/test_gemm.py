@@ -1,0 +1,123 @@
+"""src_c/gemm.c through fastnn._kernels.gemm: fastnn's small-product kernel and the BLAS
+path, against the NumPy reference (fastnn.reference.gemm)."""
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from fastnn import _kernels as K
+from fastnn import reference as ref
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+needs_small = pytest.mark.skipif(not K.small_gemm_available(),
+                                 reason="the CPU lacks AVX-512: every product goes to BLAS")
+
+# Rows around the kernel's tiles (12, 8, 6, 4, 1 rows), columns around its vectors (16
+# floats, 8 doubles) and blocks of 4 vectors, inner sizes from empty to long.
+ROWS = [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 25, 32, 100]
+COLS = [1, 7, 8, 9, 15, 16, 17, 25, 31, 33, 48, 63, 64, 65, 75, 130]
+INNER = [0, 1, 2, 5, 25, 400]
+SHAPES = [(m, n, k) for m, n, k in itertools.product(ROWS, COLS, INNER)
+          if zlib.crc32(repr((m, n, k)).encode()) % 5 == 0] + [(32, 25, 400), (400, 25, 32),
+                                                              (1000, 75, 25), (1, 25, 400)]
+# float64: sums of up to 400 products, a few ulps of the magnitude; float32: FMA chains
+# against a float64 reference.
+TOL = {np.float64: 1e-12, np.float32: 2e-6}
+
+
+def operands(rng, m, n, k, a_trans, b_trans, dtype):
+    a = rng.standard_normal((k, m) if a_trans else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if b_trans else (k, n)).astype(dtype)
+    return a, b
+
+
+def check(out, expected, k, dtype, what):
+    assert out.dtype == dtype and out.shape == expected.shape, what
+    # an inner product of k terms: errors grow with sqrt(k) times the terms' size
+    scale = max(np.sqrt(max(k, 1)), 1.0)
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=0,
+                               atol=TOL[dtype] * scale * 4, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("a_trans,b_trans", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("method", ["small", "blas", "auto"])
+def test_matches_reference(method, a_trans, b_trans, dtype):
+    if method == "small" and not K.small_gemm_available():
+        pytest.skip("no AVX-512: 'small' runs BLAS")
+    rng = np.random.default_rng(zlib.crc32(repr((method, a_trans, b_trans)).encode()))
+    for m, n, k in SHAPES:
+        a, b = operands(rng, m, n, k, a_trans, b_trans, dtype)
+        out = K.gemm(a, b, a_trans, b_trans, method)
+        check(out, ref.gemm(a, b, a_trans, b_trans), k, dtype,
+              f"{method} {m}x{n}x{k} a_trans={a_trans} b_trans={b_trans}")
+
+
+@needs_small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_small_rows_do_not_depend_on_the_batch(dtype):
+    # Each output is one chain of FMAs over k in order, whatever tile its row lands in:
+    # a sample's result is the same alone or inside any batch (predict(x[:1]) equals
+    # predict(x)[:1] bit for bit).
+    rng = np.random.default_rng(1)
+    a, b = operands(rng, 37, 25, 400, False, False, dtype)
+    full = K.gemm(a, b, method="small")
+    for rows in [1, 4, 5, 12, 13, 36]:
+        np.testing.assert_array_equal(K.gemm(a[:rows], b, method="small"), full[:rows])
+        np.testing.assert_array_equal(K.gemm(a[-rows:], b, method="small"), full[-rows:])
+
+
+@pytest.mark.parametrize("method", ["small", "blas"])
+@pytest.mark.parametrize("a_trans,b_trans", [(False, False), (True, False), (False, True)])
+def test_threads_give_identical_bits(method, a_trans, b_trans):
+    rng = np.random.default_rng(2)
+    # large enough to be cut into panels (src_c/gemm.c: gemm_panels)
+    a, b = operands(rng, 1000, 75, 100, a_trans, b_trans, np.float32)
+    one = K.gemm(a, b, a_trans, b_trans, method, nthreads=1)
+    for nthreads in (2, 3, 8):
+        np.testing.assert_array_equal(
+            K.gemm(a, b, a_trans, b_trans, method, nthreads=nthreads), one)
+
+
+@pytest.mark.parametrize("method", ["small", "blas"])
+def test_nonfinite_inputs_propagate(method):
+    a = np.ones((13, 20), np.float32)
+    b = np.ones((20, 33), np.float32)
+    a[3, 7] = np.nan
+    a[5, 2] = np.inf
+    out = K.gemm(a, b, method=method)
+    assert np.isnan(out[3]).all()
+    assert np.isposinf(out[5]).all()
+    rest = np.delete(out, [3, 5], axis=0)
+    np.testing.assert_array_equal(rest, 20.0)
+
+
+@pytest.mark.parametrize("method", ["small", "blas", "auto"])
+def test_empty_sizes(method):
+    out = K.gemm(np.ones((3, 0), np.float32), np.ones((0, 5), np.float32), method=method,
+                 out=np.full((3, 5), 7.0, np.float32))
+    np.testing.assert_array_equal(out, 0.0)  # an empty sum is written as zero
+    assert K.gemm(np.ones((0, 4)), np.ones((4, 5)), method=method).shape == (0, 5)
+    assert K.gemm(np.ones((3, 4)), np.ones((4, 0)), method=method).shape == (3, 0)
+
+
+@needs_small
+def test_long_transposed_inner_dimension_falls_back_to_blas():
+    # b^T is packed in blocks on the stack; an inner dimension too long for one vector of
+    # columns goes to BLAS even when the kernel is asked for.
+    rng = np.random.default_rng(3)
+    for dtype, k in [(np.float32, 600), (np.float64, 600)]:
+        a, b = operands(rng, 9, 20, k, False, True, dtype)
+        check(K.gemm(a, b, False, True, "small"), ref.gemm(a, b, False, True), k, dtype, str(k))
+
+
+def test_bad_arguments():
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimension"):
+        K.gemm(a, np.ones((5, 2), np.float32))
+    with pytest.raises(ValueError, match="method"):
+        K.gemm(a, np.ones((4, 2), np.float32), method="fast")
+    with pytest.raises(ValueError, match="out"):
+        K.gemm(a, np.ones((4, 2), np.float32), out=np.empty((2, 3), np.float32))
