@@ -12,7 +12,8 @@ Sections (--workloads, all by default):
            Adam kernels against the memory bandwidth measured here (GB/s)
   memory   peak RSS of fit on W2 (in a subprocess) and tracemalloc's Python-heap growth
            of fits of 1 and 5 epochs
-  SK       bench/sklearn_peer.py's compare(), when that module is present
+  SK       fastnn.sklearn.MLPClassifier against scikit-learn's (bench/sklearn_peer.py):
+           digits to convergence, and an MNIST-shaped problem for 20 epochs
 
 Method: every runner is warmed up once, then fastnn and its peers alternate for --runs
 runs (timed run r shuffles with seed r in every peer), each run starting after 0.15 s
@@ -24,7 +25,6 @@ checked against the measured values at the end. Results go to a JSON file and, w
 matplotlib, a PNG chart of the ratios (in --out, bench/results by default).
 """
 import argparse
-import inspect
 import json
 import math
 import os
@@ -201,32 +201,14 @@ def latency_section(peer_names, threads, runs, budget, skipped):
 # ---- the sklearn wrapper's own comparison (bench/sklearn_peer.py, when present) ----------
 
 def sklearn_wrapper_section(quick, runs, threads):
-    """Rows from bench/sklearn_peer.compare() (fastnn.sklearn.MLPClassifier against
-    scikit-learn's, on its own data), given the bench's runs and a smaller problem in
-    quick mode; only the arguments compare() names are passed."""
-    import importlib
-    import importlib.util
-    if importlib.util.find_spec(f"{__package__}.sklearn_peer") is None:
-        raise Skip("bench/sklearn_peer.py is not present")
+    """Rows of bench/sklearn_peer.compare_all(): fastnn.sklearn.MLPClassifier against
+    scikit-learn's on the same data and settings, given the bench's runs."""
+    from .sklearn_peer import compare_all
     try:
-        module = importlib.import_module(f"{__package__}.sklearn_peer")
-    except ImportError as err:
-        raise Skip(f"bench.sklearn_peer cannot be imported: {err}") from None
-    compare = getattr(module, "compare", None)
-    if compare is None:
-        raise Skip("bench.sklearn_peer has no compare()")
-    named = {name for name, p in inspect.signature(compare).parameters.items()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    offered = {"runs": runs, "n_samples": 1000 if quick else 10000}
-    result = compare(**{k: v for k, v in offered.items() if k in named})
-    if isinstance(result, dict) and isinstance(result.get("rows"), list):
-        result = result["rows"]
-    if isinstance(result, dict):
-        result = [result]
-    if not isinstance(result, (list, tuple)):
-        result = [{"result": result}]
-    return [dict(r, section="sklearn_wrapper") if isinstance(r, dict)
-            else {"section": "sklearn_wrapper", "result": r} for r in result]
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise Skip("scikit-learn is not installed") from None
+    return [dict(r, section="sklearn_wrapper") for r in compare_all(runs=runs, quick=quick)]
 
 
 # ---- targets --------------------------------------------------------------------------
@@ -288,6 +270,12 @@ def targets(rows, heap):
     add("W2 fastnn epoch 2 / epoch 1 (subnormal moments)", f["epoch2_over_epoch1"] if ok else None,
         1.15, "<=", unit="", note=(f"{100 * sub:.2f}% of fastnn's Adam moments subnormal after "
                                    f"epoch 1" if sub is not None else "not run"))
+    for r in rows:
+        if r.get("section") == "sklearn_wrapper" and r.get("target") and "ratio" in r:
+            add(f"fastnn.sklearn vs scikit-learn MLPClassifier, {r['dataset']} "
+                f"({r['fastnn_n_iter']} epochs)", r["ratio"], 10,
+                ">=", note=f"accuracy fastnn {r['fastnn_accuracy']:.4f}, scikit-learn "
+                           f"{r['sklearn_accuracy']:.4f}")
     subn = [r for r in rows if r["section"] == "subnormal" and r["peer"] == "fastnn"]
     if subn:
         others = ", ".join(f"{r['peer']} {r['subnormal_over_normal']:.2f}x" for r in rows
@@ -360,6 +348,16 @@ def print_report(report):
                 print(f"{r['kernel']:<30} {r['shape']:<28} {r['fastnn_us']:>10.1f} "
                       f"{r['fastnn_gbs']:>7.2f} GB/s {r['bandwidth_gbs']:>13.2f} GB/s "
                       f"{r['fraction_of_bandwidth']:>6.2f}x")
+        print()
+    small = [r for r in rows if r["section"] == "small_gemm"]
+    if small:
+        head = (f"{'small-product kernel vs BLAS (1 thread)':<44} {'kernel us':>10} {'GF/s':>7} "
+                f"{'BLAS us':>10} {'GF/s':>7} {'BLAS/kernel':>12}")
+        print(head)
+        print("-" * len(head))
+        for r in small:
+            print(f"{r['shape']:<44} {r['small_us']:>10.1f} {r['small_gflops']:>7.1f} "
+                  f"{r['blas_us']:>10.1f} {r['blas_gflops']:>7.1f} {r['blas_over_small']:>11.2f}x")
         print()
     subn = [r for r in rows if r["section"] == "subnormal"]
     if subn:
@@ -588,6 +586,9 @@ def main(argv=None):
             for r in kernels.gemm_rows(shapes, threads, runs, budget) + \
                     kernels.streaming_rows(threads, bandwidth, runs, budget, quick):
                 rows.append(dict(r, section="kernel"))
+            log("kernels: small-product kernel against BLAS")
+            for r in kernels.small_gemm_rows(runs, budget, quick):
+                rows.append(dict(r, section="small_gemm"))
             log("kernels: Adam on subnormal moments")
             for r in kernels.subnormal_rows(threads, runs, budget, peer_names, quick):
                 rows.append(dict(r, section="subnormal"))
@@ -604,7 +605,7 @@ def main(argv=None):
             heap = memory.heap_growth(n=2000 if quick else 12000, epochs=(1, 5), threads=threads)
             report["heap"] = {str(k): v for k, v in heap.items()}
         elif key == "SK":
-            log("SK: bench/sklearn_peer.compare()")
+            log("SK: bench/sklearn_peer.compare_all()")
             try:
                 rows.extend(sklearn_wrapper_section(quick, runs, threads))
             except Skip as why:

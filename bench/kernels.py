@@ -3,6 +3,9 @@
 * GEMM: fastnn._kernels.dense_forward / dense_backward (BLAS held at one thread, as
   fastnn holds it in fit; nthreads = fastnn.get_num_threads()) against numpy's own
   matmul of the same shapes (x @ w; x.T @ dz and dz @ w.T), in GFLOP/s.
+* Small-product kernel: src_c/gemm.c's own kernel against the single-threaded BLAS sgemm
+  on the same product (fastnn._kernels.gemm, method "small" vs "blas", one thread), at
+  the shapes of W1-W3 and LAT: the evidence for using it instead of BLAS at those sizes.
 * Streaming: the softmax cross-entropy from logits (fastnn._kernels.loss) and the Adam
   update (fastnn._kernels.adam_update) in GB/s, against this machine's memory bandwidth
   measured in the same run (a large numpy copy, best of several, read + write bytes).
@@ -127,6 +130,49 @@ def gemm_rows(shapes, threads, runs, budget):
                     "fastnn_over_numpy": ref_s / fast_s,
                     "fastnn_min_max_us": [min(t["fastnn"]) * 1e6, max(t["fastnn"]) * 1e6],
                     "numpy_min_max_us": [min(t["numpy"]) * 1e6, max(t["numpy"]) * 1e6]})
+    return rows
+
+
+# (label, rows, cols, inner, a transposed, b transposed) of the products fit and predict
+# run: forward x w, backward x^T dz and dz w^T.
+SMALL_GEMM_SHAPES = [
+    ("LAT layer 1 x w", 1, 25, 400, False, False),
+    ("W1 layer 1 x w", 32, 25, 400, False, False),
+    ("W1 layer 1 x^T dz", 400, 25, 32, True, False),
+    ("W2 layer 1 x w", 128, 256, 784, False, False),
+    ("W2 layer 1 x^T dz", 784, 256, 128, True, False),
+    ("W2 layer 2 dz w^T", 128, 256, 128, False, True),
+    ("W2 layer 3 x w", 128, 10, 128, False, False),
+    ("W3 conv 2 cols w", 1000, 25, 75, False, False),
+    ("W3 conv 2 cols^T dz", 75, 25, 1000, True, False),
+    ("W3 conv 2 dz w^T", 1000, 75, 25, False, True),
+]
+
+
+def small_gemm_rows(runs, budget, quick=False):
+    """fastnn's small-product kernel against BLAS (both on one thread) on the same product;
+    empty when the CPU lacks AVX-512 (then fastnn uses BLAS everywhere)."""
+    from fastnn import _kernels, config
+
+    if not _kernels.small_gemm_available():
+        return []
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, m, n, k, a_trans, b_trans in (SMALL_GEMM_SHAPES[:4] if quick else SMALL_GEMM_SHAPES):
+        a = rng.standard_normal((k, m) if a_trans else (m, k), dtype=np.float32)
+        b = rng.standard_normal((n, k) if b_trans else (k, n), dtype=np.float32)
+        out = np.empty((m, n), np.float32)
+        funcs = {method: ((lambda method=method: _kernels.gemm(a, b, a_trans, b_trans, method,
+                                                               1, out)),
+                          lambda: config.blas_threads(1))
+                 for method in ("small", "blas")}
+        t = per_call(funcs, runs, budget)
+        small, blas = statistics.median(t["small"]), statistics.median(t["blas"])
+        flops = 2 * m * n * k
+        rows.append({"kernel": "small-product kernel vs BLAS", "shape": f"{label} {m}x{n}x{k}",
+                     "small_us": small * 1e6, "blas_us": blas * 1e6,
+                     "small_gflops": flops / small / 1e9, "blas_gflops": flops / blas / 1e9,
+                     "blas_over_small": blas / small})
     return rows
 
 
