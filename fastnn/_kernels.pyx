@@ -44,10 +44,10 @@ cdef extern from "gemm.h" nogil:
 cdef extern from "losses.h" nogil:
     int LOSS_BINARY_CROSSENTROPY, LOSS_MEAN_SQUARED_ERROR, LOSS_SPARSE_CATEGORICAL_CROSSENTROPY, LOSS_CATEGORICAL_CROSSENTROPY
     int METRIC_BINARY_ACCURACY, METRIC_SPARSE_CATEGORICAL_ACCURACY, METRIC_CATEGORICAL_ACCURACY, METRIC_MEAN_ABSOLUTE_ERROR, METRIC_MEAN_SQUARED_ERROR
-    double loss_f32(int loss, float *grad, const float *pred, const float *y, int B, int K, int from_logits, int nthreads)
-    double loss_f64(int loss, double *grad, const double *pred, const double *y, int B, int K, int from_logits, int nthreads)
-    double metric_sum_f32(int metric, const float *pred, const float *y, int B, int K, int from_logits)
-    double metric_sum_f64(int metric, const double *pred, const double *y, int B, int K, int from_logits)
+    double loss_f32(int loss, float *grad, const float *pred, const float *y, const float *weights, int B, int K, int from_logits, int nthreads)
+    double loss_f64(int loss, double *grad, const double *pred, const double *y, const double *weights, int B, int K, int from_logits, int nthreads)
+    double metric_sum_f32(int metric, const float *pred, const float *y, const float *weights, int B, int K, int from_logits)
+    double metric_sum_f64(int metric, const double *pred, const double *y, const double *weights, int B, int K, int from_logits)
 
 cdef extern from "optimizers.h" nogil:
     void sgd_update_f32(float *w, const float *g, float *velocity, ptrdiff_t n, float lr, float momentum, int nesterov, int nthreads)
@@ -117,16 +117,16 @@ cdef extern from "network.h" nogil:
     nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     void network_workspace_free(nn_workspace *ws)
     void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
-    void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
-    void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
+    void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const float *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
+    void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const double *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     int all_finite_f32(const float *x, ptrdiff_t n)
     int all_finite_f64(const double *x, ptrdiff_t n)
     void network_predict_f32(const nn_model *m, nn_workspace *ws, float *out, const float *x, ptrdiff_t n, int nthreads)
     void network_predict_f64(const nn_model *m, nn_workspace *ws, double *out, const double *x, ptrdiff_t n, int nthreads)
     void network_evaluate_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums, int nthreads)
     void network_evaluate_f64(const nn_model *m, nn_workspace *ws, const double *x, const double *y, int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums, int nthreads)
-    double network_loss_grad_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, int rows, int nthreads)
-    double network_loss_grad_f64(const nn_model *m, nn_workspace *ws, const double *x, const double *y, int y_width, int rows, int nthreads)
+    double network_loss_grad_f32(const nn_model *m, nn_workspace *ws, const float *x, const float *y, int y_width, const float *weights, int rows, int nthreads)
+    double network_loss_grad_f64(const nn_model *m, nn_workspace *ws, const double *x, const double *y, int y_width, const double *weights, int rows, int nthreads)
 
 ACTIVATIONS = {"linear": ACT_LINEAR, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU,
                "leaky_relu": ACT_LEAKY_RELU, "tanh": ACT_TANH, "softmax": ACT_SOFTMAX}
@@ -287,11 +287,18 @@ def dense_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, real[:, ::1]
 
 
 def loss(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False,
-         int nthreads=1):
-    """(mean loss, d loss / d pred). y is (B, K), or (B, 1) class ids for the sparse loss."""
+         int nthreads=1, weights=None):
+    """(mean loss, d loss / d pred). y is (B, K), or (B, 1) class ids for the sparse loss;
+    weights: None, or (B,) per-row weights of pred's dtype (the weighted mean, losses.h)."""
     cdef int B = pred.shape[0], K = pred.shape[1]
     ywidth = 1 if code == LOSS_SPARSE_CATEGORICAL_CROSSENTROPY else K
     _dims("y", np.asarray(y), (B, ywidth))
+    cdef real[::1] w
+    cdef real *wp = NULL
+    if weights is not None:
+        _dims("weights", np.asarray(weights), (B,))
+        w = weights
+        wp = &w[0] if B else NULL
     grad_arr = np.zeros((B, K), dtype=np.asarray(pred).dtype)
     if B * K == 0:
         return 0.0, grad_arr
@@ -299,23 +306,31 @@ def loss(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False,
     cdef double value
     with nogil:
         if real is float:
-            value = loss_f32(code, &grad[0, 0], &pred[0, 0], &y[0, 0], B, K, from_logits, nthreads)
+            value = loss_f32(code, &grad[0, 0], &pred[0, 0], &y[0, 0], wp, B, K, from_logits, nthreads)
         else:
-            value = loss_f64(code, &grad[0, 0], &pred[0, 0], &y[0, 0], B, K, from_logits, nthreads)
+            value = loss_f64(code, &grad[0, 0], &pred[0, 0], &y[0, 0], wp, B, K, from_logits, nthreads)
     return value, grad_arr
 
 
-def metric_sum(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False):
-    """Sum over rows of the per-sample metric."""
+def metric_sum(int code, real[:, ::1] pred, real[:, ::1] y, bint from_logits=False,
+               weights=None):
+    """Sum over rows of the per-sample metric, each times its weight when weights (B,) of
+    pred's dtype are given."""
     cdef int B = pred.shape[0], K = pred.shape[1]
     ywidth = 1 if code == METRIC_SPARSE_CATEGORICAL_ACCURACY else K
     _dims("y", np.asarray(y), (B, ywidth))
+    cdef real[::1] w
+    cdef real *wp = NULL
+    if weights is not None:
+        _dims("weights", np.asarray(weights), (B,))
+        w = weights
+        wp = &w[0] if B else NULL
     if B * K == 0:
         return 0.0
     if real is float:
-        return metric_sum_f32(code, &pred[0, 0], &y[0, 0], B, K, from_logits)
+        return metric_sum_f32(code, &pred[0, 0], &y[0, 0], wp, B, K, from_logits)
     else:
-        return metric_sum_f64(code, &pred[0, 0], &y[0, 0], B, K, from_logits)
+        return metric_sum_f64(code, &pred[0, 0], &y[0, 0], wp, B, K, from_logits)
 
 
 def sgd_update(real[::1] w, real[::1] g, real[::1] velocity, double lr, double momentum,

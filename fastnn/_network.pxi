@@ -124,9 +124,26 @@ cdef class Network:
                 raise MemoryError(f"cannot allocate buffers for batch size {batch}")
         return self.ws
 
+    cdef void *_weights(self, weights, ptrdiff_t n) except? NULL:
+        """The data pointer of per-row sample weights, or NULL for None."""
+        if weights is None:
+            return NULL
+        cdef void *wp = _data(weights, self.dtype, (n,), "weights")
+        cdef bint finite
+        with nogil:
+            if self.model.is_double:
+                finite = all_finite_f64(<double *>wp, n)
+            else:
+                finite = all_finite_f32(<float *>wp, n)
+        if not finite:
+            raise ValueError("weights: expected finite values (no NaN or inf)")
+        return wp
+
     def train(self, x, y, cnp.ndarray order, ptrdiff_t step_begin, ptrdiff_t step_end,
-              int batch, uint64_t seed, int nthreads):
-        """Steps [step_begin, step_end) of an epoch; returns (loss_sum, metric_sums)."""
+              int batch, uint64_t seed, int nthreads, weights=None):
+        """Steps [step_begin, step_end) of an epoch; returns (loss_sum, metric_sums).
+        weights: None, or one finite sample weight per row of x, of the model's dtype
+        (each batch's loss and metrics are then weighted means, network.h)."""
         if self.model.loss < 0 or self.opt.kind < 0:
             raise RuntimeError("set_loss and set_optimizer must come before train")
         cdef ptrdiff_t n = x.shape[0]
@@ -134,6 +151,7 @@ cdef class Network:
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
         cdef int64_t *op = <int64_t *>_data(order, np.int64, (n,), "order")
+        cdef void *wp = self._weights(weights, n)
         if step_begin < 0 or step_end * <ptrdiff_t>batch > n + batch - 1 or batch < 1:
             raise ValueError("steps out of range")
         cdef nn_workspace *ws = self._train_workspace(batch, y_width)
@@ -143,9 +161,9 @@ cdef class Network:
             sums[k] = 0
         with nogil:
             if self.model.is_double:
-                network_train_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+                network_train_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, <double *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
             else:
-                network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+                network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, <float *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
         return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
 
     def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):
@@ -211,23 +229,25 @@ cdef class Network:
             raise MemoryError(f"cannot allocate buffers for batch size {batch}")
         return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
 
-    def loss_grad(self, x, y, int nthreads=1):
-        """Mean loss over all rows of x (no dropout); its gradient goes to the grads array."""
+    def loss_grad(self, x, y, int nthreads=1, weights=None):
+        """Mean loss over all rows of x (no dropout), weighted as in train when weights are
+        given; its gradient goes to the grads array."""
         if self.model.loss < 0:
             raise RuntimeError("set_loss must come before loss_grad")
         cdef ptrdiff_t n = x.shape[0]
         cdef int y_width = y.shape[1]
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
+        cdef void *wp = self._weights(weights, n)
         cdef nn_workspace *ws
         cdef double value = 0
         with nogil:
             ws = network_workspace_new(&self.model, <int>n, y_width)
             if ws != NULL:
                 if self.model.is_double:
-                    value = network_loss_grad_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, <int>n, nthreads)
+                    value = network_loss_grad_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, <double *>wp, <int>n, nthreads)
                 else:
-                    value = network_loss_grad_f32(&self.model, ws, <float *>xp, <float *>yp, y_width, <int>n, nthreads)
+                    value = network_loss_grad_f32(&self.model, ws, <float *>xp, <float *>yp, y_width, <float *>wp, <int>n, nthreads)
                 network_workspace_free(ws)
         if ws == NULL:
             raise MemoryError(f"cannot allocate buffers for {n} rows")

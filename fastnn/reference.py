@@ -11,7 +11,9 @@ Conventions
 * Batches are the first axis; dense inputs are ``(B, C)``, weights ``(C, OC)``.
 * Losses return ``(loss, grad)``: ``loss`` is the batch mean (mean over the
   last axis, then over the batch, as in Keras' default reduction) and
-  ``grad = d(loss)/d(pred)`` with the same shape as ``pred``.
+  ``grad = d(loss)/d(pred)`` with the same shape as ``pred``.  With per-sample
+  weights (``weighted_loss``) the batch mean becomes scikit-learn's weighted
+  mean, ``np.average(per_sample_loss, weights=w)``.
 * Optimizer updates return new arrays and never modify their inputs.
 """
 
@@ -254,6 +256,29 @@ def categorical_crossentropy(pred, y, from_logits=False):
     return float(per.mean()), grad
 
 
+def weighted_loss(loss, pred, y, weights, from_logits=False):
+    """scikit-learn's weighted batch loss (its MLP's np.average(..., weights=w)).
+
+    l_i = the named loss of row i alone (a batch of that one row);
+    loss = sum_i w_i l_i / sum_i w_i;
+    grad row i = w_i dl_i/dpred_i / sum_i w_i.
+    Weights may be negative; weights summing to 0 have no weighted mean: (nan, zeros).
+    With all weights equal this is the unweighted batch mean.
+    """
+    pred, w = _f64(pred), _f64(weights)
+    y = np.asarray(y)
+    if w.shape != (pred.shape[0],):
+        raise ValueError(f"weights: expected shape ({pred.shape[0]},), got {w.shape}")
+    per_row = [loss_function(loss, pred[i:i + 1], y[i:i + 1], from_logits)
+               for i in range(pred.shape[0])]
+    row_loss = np.array([value for value, _ in per_row])
+    row_grad = np.concatenate([g for _, g in per_row]).reshape(pred.shape)
+    total = w.sum()
+    if total == 0:
+        return float("nan"), np.zeros_like(pred)
+    return float(np.sum(w * row_loss) / total), row_grad * (w / total)[:, None]
+
+
 # ---------------------------------------------------------------------------
 # Metrics: each returns the batch-mean value as a float
 # ---------------------------------------------------------------------------
@@ -463,16 +488,26 @@ def loss_function(loss, pred, y, from_logits=False):
     return globals()[loss](pred, y, from_logits=from_logits)
 
 
-def network_loss_and_grads(layers, x, y, loss, from_logits=False):
-    """(loss, [gradients in get_weights() order]) of the batch-mean loss on (x, y)."""
+def network_loss_and_grads(layers, x, y, loss, from_logits=False, weights=None, l2=0.0):
+    """(loss, [gradients in get_weights() order]) of the batch-mean loss on (x, y).
+
+    weights: per-sample weights, making the loss weighted_loss's weighted mean.
+    l2: scikit-learn's L2 penalty on the kernels (not the biases),
+        0.5 * l2 * sum ||W||^2 / batch_weight, and dW += l2 * W / batch_weight,
+        where batch_weight is the number of rows, or sum(weights) when weighted.
+    """
     cache = network_forward(layers, x)
     last_act = _unpack_layer(layers[-1])[2]
     fused = is_fused(loss, from_logits, last_act)
     _, z_last, a_last = cache[-1]
-    if fused:  # the loss from the logits: its gradient is dL/dz of the last layer
-        value, d = loss_function(loss, z_last, y, from_logits=True)
+    # fused: the loss from the logits, so its gradient is dL/dz of the last layer
+    pred, pred_from_logits = (z_last, True) if fused else (a_last, from_logits)
+    if weights is None:
+        value, d = loss_function(loss, pred, y, from_logits=pred_from_logits)
+        batch_weight = float(np.shape(x)[0])
     else:
-        value, d = loss_function(loss, a_last, y, from_logits=from_logits)
+        value, d = weighted_loss(loss, pred, y, weights, from_logits=pred_from_logits)
+        batch_weight = float(np.sum(_f64(weights)))
     grads = []
     for i in range(len(layers) - 1, -1, -1):
         w, b, act, slope = _unpack_layer(layers[i])
@@ -480,6 +515,9 @@ def network_loss_and_grads(layers, x, y, loss, from_logits=False):
         if fused and i == len(layers) - 1:
             act = "linear"  # d already holds dL/dz
         d, dw, db = dense_backward(d, x_in, w, z, a, act, slope)
+        if l2:
+            value += 0.5 * l2 * np.sum(w * w) / batch_weight
+            dw = dw + l2 * w / batch_weight
         grads.append([dw] if b is None else [dw, db])
     return value, [g for layer_grads in reversed(grads) for g in layer_grads]
 

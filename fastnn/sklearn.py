@@ -23,6 +23,15 @@ Numerics follow scikit-learn's, so the same settings give the same accuracy:
   half squared error for regression; plus `0.5 * alpha * ||W||^2 / batch_rows` over the
   kernels (not the biases); `loss_` is the epoch's row-weighted mean of the batch losses,
   the L2 term included, as in scikit-learn;
+- `sample_weight` (fit and partial_fit), as scikit-learn's `_backprop` applies it: a
+  batch's loss is the weighted mean `sum(w_i l_i) / sum(w_i)` (its losses'
+  `np.average(..., weights=w)`), the L2 term is `0.5 * alpha * ||W||^2 / sum(w_i)`, so
+  every gradient is divided by the batch's weight instead of its rows, and `loss_` still
+  averages the batch losses by rows. Zero-weight samples stay in their batches (they
+  count in `batch_size`, `t_` and `loss_`'s row average, and contribute nothing to the
+  loss); negative weights are accepted, as scikit-learn accepts them; the early-stopping
+  split carries the weights, and validation scores are weighted. Weights of 1 reproduce
+  the unweighted fit bit for bit;
 - solvers "sgd" (momentum, Nesterov, learning-rate schedules "constant", "invscaling",
   "adaptive" applied between epochs) and "adam" (epsilon 1e-8); `tol`,
   `n_iter_no_change`, `early_stopping` with `validation_fraction`, `warm_start`,
@@ -32,9 +41,11 @@ Numerics follow scikit-learn's, so the same settings give the same accuracy:
 What runs differently: every epoch runs in fastnn's C kernels (one call per epoch, the
 GIL released), and prediction too. Sparse X is densified (in row chunks for
 prediction). Not supported yet: `solver="lbfgs"` and `MLPRegressor(loss="poisson")`
-(both raise ValueError in `fit`), and `sample_weight` other than uniform weights
-(weights that are all equal, or zero for some samples and equal for the others): the
-compiled loss has no per-sample weights yet, and a ValueError says so.
+(both raise ValueError in `fit`). `sample_weight` is checked before anything else, so a
+bad one (wrong length or shape, NaN or inf, all zero) raises a ValueError naming it and
+leaves the estimator as it was. A batch whose weights sum to zero (e.g. only zero-weight
+samples) has no weighted mean: scikit-learn stops there with ZeroDivisionError, fastnn
+raises a ValueError naming `sample_weight` before that epoch.
 
 Model selection. The estimators clone, pickle and work in `Pipeline`,
 `cross_val_score` and `GridSearchCV(n_jobs=...)`: joblib's default (loky) backend runs
@@ -306,23 +317,21 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
-    def _check_weights(self, sample_weight, X):
-        """(sample weights, their nonzero value) for uniform weights; a ValueError for the
-        weights the compiled loss cannot apply yet."""
-        sw = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        if (sw < 0).any():
-            raise ValueError("sample_weight: fastnn.sklearn does not support negative "
-                             "sample weights")
-        positive = sw[sw > 0]
-        c = float(positive[0])
-        if not np.allclose(positive, c, rtol=1e-12, atol=0.0):
-            raise ValueError(
-                "sample_weight: fastnn.sklearn supports uniform sample weights only (all "
-                "equal, or zero for some samples and equal for the others); got weights from "
-                f"{positive.min():g} to {positive.max():g}. Per-sample weights in the "
-                "compiled loss are not implemented yet: repeat samples instead, or use "
-                "scikit-learn's MLP for weighted fits")
-        return sw, c
+    @staticmethod
+    def _check_weights(sample_weight, X):
+        """sample_weight as a float64 array with one finite weight per row of X, or None:
+        scikit-learn's checks (negative weights pass, as there), with errors that name
+        sample_weight. fit and partial_fit call it before X, y and the classes are
+        validated, so that bad weights leave the estimator as it was."""
+        if sample_weight is None:
+            return None
+        try:
+            return _check_sample_weight(sample_weight, X, dtype=np.float64)
+        except ValueError as err:
+            message = str(err)
+            if "sample_weight" not in message:
+                message = f"sample_weight: {message}"
+            raise ValueError(message) from err
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
         if self.solver == "lbfgs":
@@ -336,10 +345,8 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % hidden_layer_sizes)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
 
+        sample_weight = self._check_weights(sample_weight, X)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        weight = 1.0
-        if sample_weight is not None:
-            sample_weight, weight = self._check_weights(sample_weight, X)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
         n_features = X.shape[1]
@@ -368,9 +375,9 @@ class _BaseMLP(BaseEstimator):
         # Dense, C-contiguous in the network's dtype (sparse X is densified once here).
         X = X.toarray() if hasattr(X, "toarray") else X
         X = np.ascontiguousarray(X, dtype=dtype)
-        # Uniform weights c: scikit-learn's batch loss is sum(c l_i) / sum(c) + 0.5 alpha
-        # ||W||^2 / sum(c), the unweighted loss with alpha / c; zero weights drop samples.
-        self._fit_stochastic(model, X, y, sample_weight, rs, incremental, self.alpha / weight)
+        if sample_weight is not None:  # the compiled loss reads them in the network's dtype
+            sample_weight = sample_weight.astype(dtype, copy=False)
+        self._fit_stochastic(model, X, y, sample_weight, rs, incremental, self.alpha)
 
         if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
             raise ValueError("Solver produced non-finite parameter weights. The input data "
@@ -415,7 +422,7 @@ class _BaseMLP(BaseEstimator):
             X_train, y_train, sw_train = X, y, sample_weight
             X_val = y_val = sw_val = None
 
-        n_samples = X_train.shape[0]  # scikit-learn's count (t_, batch size) has them all
+        n_samples = X_train.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
         else:
@@ -423,17 +430,13 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It "
                               "is going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        if sw_train is not None and not (sw_train > 0).all():
-            keep = sw_train > 0  # zero weight: as if the sample were not there
-            if not keep.any():
-                raise ValueError("sample_weight: the training samples all have zero weight "
-                                 "(after the early-stopping split)")
-            X_train, y_train = X_train[keep], y_train[keep]
-        n_rows = X_train.shape[0]
         X_train = np.ascontiguousarray(X_train)
+        if sw_train is not None:
+            sw_train = np.ascontiguousarray(sw_train)
         targets = self._training_targets(y_train, model.dtype)
-        sample_idx = np.arange(n_rows, dtype=np.int64)
-        steps = -(-n_rows // batch_size)
+        sample_idx = np.arange(n_samples, dtype=np.int64)
+        steps = -(-n_samples // batch_size)
+        batch_starts = np.arange(0, n_samples, batch_size)
 
         # Each epoch runs through the compiled network as Sequential.fit runs it (optimizer
         # configured, BLAS held at one thread, one Network.train call for all steps), but
@@ -452,20 +455,24 @@ class _BaseMLP(BaseEstimator):
                     if self.shuffle:
                         # sklearn.utils.shuffle(sample_idx, random_state=rs), without its
                         # overhead: the same draws
-                        perm = np.arange(n_rows)
+                        perm = np.arange(n_samples)
                         rs.shuffle(perm)
                         sample_idx = sample_idx[perm]
+                    if sw_train is not None:
+                        self._check_batch_weights(sw_train, sample_idx, batch_starts)
                     opt.learning_rate = schedule.learning_rate
                     opt.configure(network, n_params, params_dtype)
                     loss_sum, metric_sums = network.train(X_train, targets, sample_idx, 0,
-                                                          steps, batch_size, 0, nthreads)
+                                                          steps, batch_size, 0, nthreads,
+                                                          weights=sw_train)
                     opt.iterations = network.iterations
                     if correct_mse:
                         # the gradient is scikit-learn's (half squared error summed over
-                        # the outputs); its reported loss averages over them
+                        # the outputs); its reported loss averages over them (weighted,
+                        # the metric is weighted as the loss is)
                         loss_sum -= 0.5 * (n_out - 1) * metric_sums[0]
                     self.n_iter_ += 1
-                    self.loss_ = loss_sum / n_rows
+                    self.loss_ = loss_sum / n_samples
                     self.t_ += n_samples
                     self.loss_curve_.append(self.loss_)
                     if self.verbose:
@@ -496,6 +503,18 @@ class _BaseMLP(BaseEstimator):
 
         if early_stopping:  # restore the best weights
             self._write_weights(model, self._best_coefs, self._best_intercepts)
+
+    @staticmethod
+    def _check_batch_weights(sw_train, sample_idx, batch_starts):
+        """A ValueError, before the epoch runs, when one of its batches weighs 0 in all:
+        its weighted mean loss (and scikit-learn's, which stops there with
+        ZeroDivisionError) is undefined."""
+        batch_weights = np.add.reduceat(sw_train[sample_idx], batch_starts, dtype=np.float64)
+        if (batch_weights == 0).any():
+            raise ValueError("sample_weight: the weights of a batch of this epoch sum to zero "
+                             "(e.g. a batch of zero-weight samples), so its weighted mean "
+                             "loss is undefined; use a larger batch_size or fewer zero "
+                             "weights")
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
         if early_stopping:
@@ -538,7 +557,7 @@ class _BaseMLP(BaseEstimator):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fits the model to data matrix X and target(s) y (one fastnn-compiled epoch per
-        iteration). sample_weight: None or uniform weights (see the module docstring)."""
+        iteration), each sample's loss weighted by sample_weight (None: all weigh 1)."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     # ---- predict -----------------------------------------------------------------------
@@ -640,8 +659,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
-        """One epoch over X, y. classes (all classes, e.g. np.unique(y_all)) is required on
-        the first call and may be omitted afterwards."""
+        """One epoch over X, y (sample_weight as in fit). classes (all classes, e.g.
+        np.unique(y_all)) is required on the first call and may be omitted afterwards."""
+        sample_weight = self._check_weights(sample_weight, X)
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -736,5 +756,5 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     @available_if(lambda est: est._check_solver())
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over X, y."""
+        """One epoch over X, y (sample_weight as in fit)."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)

@@ -3,6 +3,7 @@
 #ifndef FASTNN_TEMPLATE
 #define FASTNN_TEMPLATE
 #include <math.h>
+#include <string.h>
 #include "losses.h"
 #include "activations.h"
 
@@ -27,12 +28,15 @@
 typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
                                   int from_logits, real gscale);
 
-/* Runs a row loss over the batch; y advances by y_stride per row. */
+/* Runs a row loss over the batch and returns the sum of the row losses, each times its
+ * weight when weights is not NULL; y advances by y_stride per row. Each row's gradient
+ * is scaled by gscale times its weight, rounded to real once per row. */
 static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
-                             const real *y, int y_stride, int B, int K, int from_logits,
-                             real gscale, int nthreads)
+                             const real *y, int y_stride, const real *weights, int B, int K,
+                             int from_logits, double gscale, int nthreads)
 {
     double block_sum[LOSS_BLOCKS];
+    real row_gscale = (real)gscale;
     int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
     #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
@@ -41,8 +45,14 @@ static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *p
         ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / LOSS_BLOCKS;
         double s = 0;
         for (ptrdiff_t r = r0; r < r1; r++) {
-            s += row_loss(grad ? grad + r * K : NULL, pred + r * K, y + r * y_stride, K,
-                          from_logits, gscale);
+            real *g = grad ? grad + r * K : NULL;
+            if (weights) { /* the row's scale is rounded once, from the exact w / norm */
+                double w = (double)weights[r];
+                s += w * row_loss(g, pred + r * K, y + r * y_stride, K, from_logits,
+                                  (real)(w * gscale));
+            } else {
+                s += row_loss(g, pred + r * K, y + r * y_stride, K, from_logits, row_gscale);
+            }
         }
         block_sum[blk] = s;
         fastnn_ftz_leave(csr);
@@ -50,6 +60,32 @@ static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *p
     double total = 0;
     for (int blk = 0; blk < LOSS_BLOCKS; blk++) total += block_sum[blk];
     return total;
+}
+
+double FN(batch_weight)(const real *weights, int B)
+{
+    if (!weights) return (double)B;
+    double total = 0;
+    for (int r = 0; r < B; r++) total += (double)weights[r];
+    return total;
+}
+
+/* The batch-mean loss of a row loss: the (weighted) sum of the rows' losses over
+ * batch_weight * per_row_terms, where per_row_terms is how many terms a row's loss sums
+ * (K for the elementwise losses, 1 for the categorical ones). */
+static double FN(mean_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
+                            const real *y, int y_stride, const real *weights, int B, int K,
+                            int per_row_terms, int from_logits, int nthreads)
+{
+    if (B <= 0 || K <= 0) return 0;
+    double total_weight = FN(batch_weight)(weights, B);
+    if (total_weight == 0 || isnan(total_weight)) {
+        if (grad) memset(grad, 0, sizeof(real) * (size_t)B * (size_t)K);
+        return NAN;
+    }
+    double norm = total_weight * per_row_terms;
+    return FN(batch_loss)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits,
+                          1.0 / norm, nthreads) / norm;
 }
 
 static real FN(clip_prob)(real p)
@@ -78,13 +114,12 @@ static double FN(bce_row)(real *g, const real *p, const real *y, int K, int from
     return s;
 }
 
-double FN(binary_crossentropy_loss)(real *grad, const real *pred, const real *y, int B,
-                                    int K, int from_logits, int nthreads)
+double FN(binary_crossentropy_loss)(real *grad, const real *pred, const real *y,
+                                    const real *weights, int B, int K, int from_logits,
+                                    int nthreads)
 {
-    if (B <= 0 || K <= 0) return 0;
-    real gscale = (real)(1.0 / ((double)B * K));
-    return FN(batch_loss)(FN(bce_row), grad, pred, y, K, B, K, from_logits, gscale,
-                          nthreads) / ((double)B * K);
+    return FN(mean_loss)(FN(bce_row), grad, pred, y, K, weights, B, K, K, from_logits,
+                         nthreads);
 }
 
 static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from_logits,
@@ -100,13 +135,10 @@ static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from
     return s;
 }
 
-double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y, int B,
-                                   int K, int nthreads)
+double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
+                                   const real *weights, int B, int K, int nthreads)
 {
-    if (B <= 0 || K <= 0) return 0;
-    real gscale = (real)(1.0 / ((double)B * K));
-    return FN(batch_loss)(FN(mse_row), grad, pred, y, K, B, K, 0, gscale, nthreads) /
-           ((double)B * K);
+    return FN(mean_loss)(FN(mse_row), grad, pred, y, K, weights, B, K, K, 0, nthreads);
 }
 
 /* log sum_j e^z_j, max-subtracted so it is finite for any logits; also returns the max
@@ -164,13 +196,11 @@ static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
 }
 
 double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
-                                                const real *labels, int B, int K,
-                                                int from_logits, int nthreads)
+                                                const real *labels, const real *weights,
+                                                int B, int K, int from_logits, int nthreads)
 {
-    if (B <= 0 || K <= 0) return 0;
-    real gscale = (real)(1.0 / B);
-    return FN(batch_loss)(FN(sparse_ce_row), grad, pred, labels, 1, B, K, from_logits,
-                          gscale, nthreads) / B;
+    return FN(mean_loss)(FN(sparse_ce_row), grad, pred, labels, 1, weights, B, K, 1,
+                         from_logits, nthreads);
 }
 
 static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
@@ -213,28 +243,29 @@ static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_
     return loss;
 }
 
-double FN(categorical_crossentropy_loss)(real *grad, const real *pred, const real *y, int B,
-                                         int K, int from_logits, int nthreads)
+double FN(categorical_crossentropy_loss)(real *grad, const real *pred, const real *y,
+                                         const real *weights, int B, int K, int from_logits,
+                                         int nthreads)
 {
-    if (B <= 0 || K <= 0) return 0;
-    real gscale = (real)(1.0 / B);
-    return FN(batch_loss)(FN(ce_row), grad, pred, y, K, B, K, from_logits, gscale,
-                          nthreads) / B;
+    return FN(mean_loss)(FN(ce_row), grad, pred, y, K, weights, B, K, 1, from_logits,
+                         nthreads);
 }
 
-double FN(loss)(int loss, real *grad, const real *pred, const real *y, int B, int K,
-                int from_logits, int nthreads)
+double FN(loss)(int loss, real *grad, const real *pred, const real *y, const real *weights,
+                int B, int K, int from_logits, int nthreads)
 {
     switch (loss) {
     case LOSS_BINARY_CROSSENTROPY:
-        return FN(binary_crossentropy_loss)(grad, pred, y, B, K, from_logits, nthreads);
+        return FN(binary_crossentropy_loss)(grad, pred, y, weights, B, K, from_logits,
+                                            nthreads);
     case LOSS_MEAN_SQUARED_ERROR:
-        return FN(mean_squared_error_loss)(grad, pred, y, B, K, nthreads);
+        return FN(mean_squared_error_loss)(grad, pred, y, weights, B, K, nthreads);
     case LOSS_SPARSE_CATEGORICAL_CROSSENTROPY:
-        return FN(sparse_categorical_crossentropy_loss)(grad, pred, y, B, K, from_logits,
-                                                        nthreads);
+        return FN(sparse_categorical_crossentropy_loss)(grad, pred, y, weights, B, K,
+                                                        from_logits, nthreads);
     case LOSS_CATEGORICAL_CROSSENTROPY:
-        return FN(categorical_crossentropy_loss)(grad, pred, y, B, K, from_logits, nthreads);
+        return FN(categorical_crossentropy_loss)(grad, pred, y, weights, B, K, from_logits,
+                                                 nthreads);
     default:
         return NAN;
     }
@@ -249,8 +280,8 @@ static int FN(argmax)(const real *v, int K)
     return best;
 }
 
-double FN(metric_sum)(int metric, const real *pred, const real *y, int B, int K,
-                      int from_logits)
+double FN(metric_sum)(int metric, const real *pred, const real *y, const real *weights,
+                      int B, int K, int from_logits)
 {
     double total = 0;
     for (ptrdiff_t r = 0; r < B; r++) {
@@ -284,7 +315,7 @@ double FN(metric_sum)(int metric, const real *pred, const real *y, int B, int K,
         default:
             return NAN;
         }
-        total += v;
+        total += weights ? (double)weights[r] * v : v;
     }
     return total;
 }

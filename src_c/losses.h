@@ -6,6 +6,12 @@
  * Each *_loss returns the batch-mean loss (mean over the last axis, then over the batch,
  * Keras' default reduction, accumulated in double) and, when grad is not NULL, writes
  * grad = d(mean loss)/d(pred) (B x K).
+ * Per-row weights (B values, or NULL for none) make it the weighted mean
+ *     sum_i w_i l_i / sum_i w_i   (l_i: row i's loss, a mean over its last axis),
+ * scikit-learn's np.average(..., weights=w), so grad row i is w_i dl_i/dpred_i / sum_i w_i.
+ * NULL weights give the unweighted mean bit for bit, and so do weights that are all 1.
+ * Weights may be negative (scikit-learn allows them); weights that sum to 0 (or to NaN)
+ * have no weighted mean: the loss is NaN and the gradient zero.
  * from_logits: pred holds logits; the loss uses the log-sum-exp forms, exact and finite
  * for any logit. Otherwise pred holds probabilities, clipped to [1e-7, 1 - 1e-7] as Keras
  * does (the gradient is zero where clipping bit). A sigmoid or softmax output layer with
@@ -37,21 +43,29 @@ enum {
 
 #define FASTNN_DECLARE_LOSSES(real, sfx)                                                    \
     double binary_crossentropy_loss_##sfx(real *grad, const real *pred, const real *y,      \
-                                          int B, int K, int from_logits, int nthreads);     \
+                                          const real *weights, int B, int K,                \
+                                          int from_logits, int nthreads);                   \
     double mean_squared_error_loss_##sfx(real *grad, const real *pred, const real *y,       \
-                                         int B, int K, int nthreads);                       \
+                                         const real *weights, int B, int K, int nthreads);  \
     double sparse_categorical_crossentropy_loss_##sfx(real *grad, const real *pred,         \
-                                                      const real *labels, int B, int K,     \
+                                                      const real *labels,                   \
+                                                      const real *weights, int B, int K,    \
                                                       int from_logits, int nthreads);       \
     double categorical_crossentropy_loss_##sfx(real *grad, const real *pred, const real *y, \
-                                               int B, int K, int from_logits, int nthreads);\
+                                               const real *weights, int B, int K,           \
+                                               int from_logits, int nthreads);              \
     /* One of the LOSS_* codes; y is labels for the sparse loss. */                         \
-    double loss_##sfx(int loss, real *grad, const real *pred, const real *y, int B, int K,  \
-                      int from_logits, int nthreads);                                       \
+    double loss_##sfx(int loss, real *grad, const real *pred, const real *y,                \
+                      const real *weights, int B, int K, int from_logits, int nthreads);    \
+    /* What a batch of B rows weighs: B without weights, else the sum of the B weights      \
+     * (in double, in row order). The losses normalize by this; network.c scales its L2     \
+     * term by the same value. */                                                           \
+    double batch_weight_##sfx(const real *weights, int B);                                  \
     /* Sum over the batch of the per-sample metric (each sample's value is a mean over the  \
-     * last axis); from_logits makes binary accuracy threshold at 0 instead of 0.5. */      \
-    double metric_sum_##sfx(int metric, const real *pred, const real *y, int B, int K,      \
-                            int from_logits);
+     * last axis), each times its weight when weights is not NULL; from_logits makes        \
+     * binary accuracy threshold at 0 instead of 0.5. */                                    \
+    double metric_sum_##sfx(int metric, const real *pred, const real *y,                    \
+                            const real *weights, int B, int K, int from_logits);
 
 FASTNN_DECLARE_LOSSES(float, f32)
 FASTNN_DECLARE_LOSSES(double, f64)

@@ -79,7 +79,8 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     }
     /* One block, carved into cache-line aligned buffers. */
     size_t total = aligned_size((size_t)batch * m->layers[0].in_dim * elem) +
-                   aligned_size((size_t)batch * y_width * elem);
+                   aligned_size((size_t)batch * y_width * elem) +
+                   aligned_size((size_t)batch * elem);
     for (int i = 0; i < nl; i++) {
         size_t layer_bytes = aligned_size((size_t)batch * m->layers[i].out_dim * elem);
         total += layer_bytes * (size_t)(1 + needs_zbuf(&m->layers[i]) + needs_abuf(&m->layers[i]));
@@ -96,6 +97,8 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     p += aligned_size((size_t)batch * m->layers[0].in_dim * elem);
     ws->yb = p;
     p += aligned_size((size_t)batch * y_width * elem);
+    ws->wb = p;
+    p += aligned_size((size_t)batch * elem);
     for (int i = 0; i < nl; i++) {
         size_t layer_bytes = aligned_size((size_t)batch * m->layers[i].out_dim * elem);
         ws->dbuf[i] = p;
@@ -208,16 +211,20 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
     }
 }
 
-/* The loss of the forward pass just run, on B rows of targets y; writes dL/d(output)
- * (or dL/dz of the last layer when fused) into the last layer's d buffer if grad. */
-static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y, int B,
-                              int grad, int nthreads)
+/* The loss of the forward pass just run, on B rows of targets y with their sample
+ * weights (NULL: unweighted) that weigh batch_weight in all (B when unweighted); writes
+ * dL/d(output) (or dL/dz of the last layer when fused) into the last layer's d buffer if
+ * grad. */
+static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y,
+                              const real *weights, double batch_weight, int B, int grad,
+                              int nthreads)
 {
     int last = m->n_layers - 1;
     int K = m->layers[last].out_dim;
     const real *pred = m->fused ? ws->z[last] : ws->a[last];
     real *g = grad ? (real *)ws->dbuf[last] : NULL;
-    double value = FN(loss)(m->loss, g, pred, y, B, K, m->fused ? 1 : m->from_logits, nthreads);
+    double value = FN(loss)(m->loss, g, pred, y, weights, B, K, m->fused ? 1 : m->from_logits,
+                            nthreads);
     if (m->loss_scale != 1.0) {
         value *= m->loss_scale;
         if (g) {
@@ -225,7 +232,8 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
             for (ptrdiff_t i = 0; i < (ptrdiff_t)B * K; i++) g[i] *= scale;
         }
     }
-    /* scikit-learn's L2 term: 0.5 l2 ||w||^2 / B per kernel */
+    /* scikit-learn's L2 term: 0.5 l2 ||w||^2 / batch_weight per kernel (its _backprop
+     * divides by sample_weight.sum(), which is B without weights) */
     for (int i = 0; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
         if (L->l2_per_batch <= 0 || !L->w) continue;
@@ -233,25 +241,31 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
         ptrdiff_t count = FN(kernel_size)(L);
         double sq = 0;
         for (ptrdiff_t k = 0; k < count; k++) sq += (double)w[k] * w[k];
-        value += 0.5 * L->l2_per_batch * sq / B;
+        value += 0.5 * L->l2_per_batch * sq / batch_weight;
     }
     return value;
 }
 
-static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y, int B,
+/* Adds the batch's metric sums; weighted, each is its weighted mean times B, on the
+ * footing of the loss (which training adds times B), so that the two can be combined. */
+static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y,
+                            const real *weights, double batch_weight, int B,
                             double *metric_sums)
 {
     int last = m->n_layers - 1;
     int K = m->layers[last].out_dim;
     for (int k = 0; k < m->n_metrics; k++) {
-        metric_sums[k] += FN(metric_sum)(m->metrics[k], ws->a[last], y, B, K, m->from_logits);
+        double sum = FN(metric_sum)(m->metrics[k], ws->a[last], y, weights, B, K,
+                                    m->from_logits);
+        metric_sums[k] += weights ? sum * (B / batch_weight) : sum;
     }
 }
 
 /* Backward from the last layer's d buffer (filled by output_loss) into the gradient
- * buffer. Layers before the first one with parameters need no backward pass. */
+ * buffer; batch_weight as for output_loss. Layers before the first one with parameters
+ * need no backward pass. */
 static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int B,
-                         int nthreads)
+                         double batch_weight, int nthreads)
 {
     int first_param = m->n_layers;
     for (int i = 0; i < m->n_layers; i++) {
@@ -296,8 +310,9 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
             break;
         }
         }
-        if (L->l2_per_batch > 0 && L->w) { /* + 0.5 l2 ||w||^2 / B  =>  dw += l2 w / B */
-            real c = (real)(L->l2_per_batch / B);
+        if (L->l2_per_batch > 0 && L->w) {
+            /* + 0.5 l2 ||w||^2 / batch_weight  =>  dw += l2 w / batch_weight */
+            real c = (real)(L->l2_per_batch / batch_weight);
             real *dw = L->dw;
             const real *w = L->w;
             ptrdiff_t n = FN(kernel_size)(L);
@@ -349,14 +364,15 @@ static void FN(prefetch_rows)(const real *x, int in_dim, const int64_t *rows, pt
 }
 
 void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
-                       const real *x, const real *y, int y_width, const int64_t *order,
-                       ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end,
-                       uint64_t dropout_seed, double *loss_sum, double *metric_sums,
-                       int nthreads)
+                       const real *x, const real *y, int y_width, const real *weights,
+                       const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,
+                       ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum,
+                       double *metric_sums, int nthreads)
 {
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim;
     real *xb = ws->xb, *yb = ws->yb;
+    real *wb = weights ? (real *)ws->wb : NULL;
     for (ptrdiff_t step = step_begin; step < step_end; step++) {
         ptrdiff_t r0 = step * ws->batch;
         ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
@@ -366,12 +382,19 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
             int64_t src = order[r0 + r];
             memcpy(xb + (ptrdiff_t)r * in_dim, x + src * in_dim, sizeof(real) * (size_t)in_dim);
             memcpy(yb + (ptrdiff_t)r * y_width, y + src * y_width, sizeof(real) * (size_t)y_width);
+            if (wb) wb[r] = weights[src];
+        }
+        double batch_weight = FN(batch_weight)(wb, B);
+        if (batch_weight == 0 || isnan(batch_weight)) {
+            /* no weighted mean to descend: a step would write NaN into every parameter */
+            *loss_sum += NAN;
+            continue;
         }
         FN(prefetch_rows)(x, in_dim, order + r1, (r1 + ws->batch < n ? r1 + ws->batch : n) - r1);
         FN(forward)(m, ws, xb, B, 1, dropout_seed, (uint64_t)step, nthreads);
-        *loss_sum += FN(output_loss)(m, ws, yb, B, 1, nthreads) * B;
-        FN(add_metrics)(m, ws, yb, B, metric_sums);
-        FN(backward)(m, ws, xb, B, nthreads);
+        *loss_sum += FN(output_loss)(m, ws, yb, wb, batch_weight, B, 1, nthreads) * B;
+        FN(add_metrics)(m, ws, yb, wb, batch_weight, B, metric_sums);
+        FN(backward)(m, ws, xb, B, batch_weight, nthreads);
         FN(optimizer_step)(opt, nthreads);
     }
     fastnn_ftz_leave(csr);
@@ -421,21 +444,23 @@ void FN(network_evaluate)(const nn_model *m, nn_workspace *ws, const real *x, co
         int B = (int)(n - r0 < ws->batch ? n - r0 : ws->batch);
         const real *yr = y + r0 * y_width;
         FN(forward)(m, ws, x + r0 * in_dim, B, 0, 0, 0, nthreads);
-        *loss_sum += FN(output_loss)(m, ws, yr, B, 0, nthreads) * B;
-        FN(add_metrics)(m, ws, yr, B, metric_sums);
+        *loss_sum += FN(output_loss)(m, ws, yr, NULL, B, B, 0, nthreads) * B;
+        FN(add_metrics)(m, ws, yr, NULL, B, B, metric_sums);
     }
     fastnn_ftz_leave(csr);
 }
 
 double FN(network_loss_grad)(const nn_model *m, nn_workspace *ws, const real *x,
-                             const real *y, int y_width, int rows, int nthreads)
+                             const real *y, int y_width, const real *weights, int rows,
+                             int nthreads)
 {
     (void)y_width;
     unsigned int csr = fastnn_ftz_enter();
     int B = rows < ws->batch ? rows : ws->batch;
+    double batch_weight = FN(batch_weight)(weights, B);
     FN(forward)(m, ws, x, B, 0, 0, 0, nthreads);
-    double loss = FN(output_loss)(m, ws, y, B, 1, nthreads);
-    FN(backward)(m, ws, x, B, nthreads);
+    double loss = FN(output_loss)(m, ws, y, weights, batch_weight, B, 1, nthreads);
+    FN(backward)(m, ws, x, B, batch_weight, nthreads);
     fastnn_ftz_leave(csr);
     return loss;
 }

@@ -20,7 +20,10 @@
  * from z by its logits form, and the backward starts from dL/dz = p - y (model->fused).
  *
  * Training splits an epoch into steps; network_train_* runs steps [step_begin, step_end)
- * so Python can report progress between calls. Results depend only on the seeds, never on
+ * so Python can report progress between calls.
+ * Sample weights (optional, one per row of x) are gathered with the batch rows; the loss
+ * is then the batch's weighted mean (losses.h), and the batch's weight, the sum of its
+ * rows' weights, takes the place of its row count in the L2 term, as in scikit-learn. Results depend only on the seeds, never on
  * the thread count: every kernel splits its work by output.
  */
 #ifndef FASTNN_NETWORK_H
@@ -49,7 +52,8 @@ typedef struct {
     int steps_in, channels_in, steps_out; /* 1-D layers: in_dim = steps_in * channels_in */
     int kernel, stride, pad_left;         /* conv kernel size or pool size, its stride */
     double l2_per_batch; /* L2 penalty on the kernel, scikit-learn's form: the loss gains
-                            0.5 l2 ||w||^2 / B and dw gains l2 w / B (B: batch rows) */
+                            0.5 l2 ||w||^2 / B and dw gains l2 w / B (B: batch rows, or
+                            the sum of the batch's sample weights when weighted) */
     void *w, *b;        /* parameters (b NULL without bias), views into the model buffer */
     void *dw, *db;      /* their gradients, views into the gradient buffer */
 } nn_layer;
@@ -82,7 +86,7 @@ typedef struct {
     int batch;          /* rows the buffers hold */
     int n_layers;
     void *block;        /* one allocation that holds all buffers below */
-    void *xb, *yb;      /* the gathered batch */
+    void *xb, *yb, *wb; /* the gathered batch: rows, targets, sample weights */
     void **zbuf, **abuf, **dbuf; /* per-layer storage (NULL where a layer aliases) */
     void **sbuf;        /* per-layer scratch: im2col (conv1d), argmax (maxpool1d) */
     void **z, **a;      /* per-layer pointers used by the last forward pass */
@@ -96,13 +100,17 @@ void network_workspace_free(nn_workspace *ws);
 void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
 
 #define FASTNN_DECLARE_NETWORK(real, sfx)                                                  \
-    /* Steps [step_begin, step_end) of an epoch over rows order[0..n) of x, y. Adds each  \
-     * batch's loss times its size to *loss_sum and its metric sums to metric_sums. */     \
+    /* Steps [step_begin, step_end) of an epoch over rows order[0..n) of x, y. Adds each   \
+     * batch's loss times its size to *loss_sum and its metric sums to metric_sums.        \
+     * weights: NULL, or one per row of x; then each batch's loss and metrics are its      \
+     * weighted means (times its size, as unweighted). A batch whose weights sum to 0 has  \
+     * no weighted mean: it adds NaN to *loss_sum and takes no step. */                    \
     void network_train_##sfx(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,       \
                              const real *x, const real *y, int y_width,                    \
-                             const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,      \
-                             ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum,  \
-                             double *metric_sums, int nthreads);                           \
+                             const real *weights, const int64_t *order, ptrdiff_t n,       \
+                             ptrdiff_t step_begin, ptrdiff_t step_end,                     \
+                             uint64_t dropout_seed, double *loss_sum, double *metric_sums, \
+                             int nthreads);                                                \
     /* Whether all n values are finite (no NaN or inf). */                                 \
     int all_finite_##sfx(const real *x, ptrdiff_t n);                                      \
     /* Inference: out (n x out_dim of the last layer) from x, in batches of ws->batch. */  \
@@ -113,9 +121,11 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
                                 const real *y, int y_width, ptrdiff_t n, double *loss_sum, \
                                 double *metric_sums, int nthreads);                        \
     /* Loss of the first ws->batch rows (no dropout) and its gradient, written into the    \
-     * model's gradient buffer; nothing is updated. */                                     \
+     * model's gradient buffer; nothing is updated. weights: NULL or one per row, as in    \
+     * training. */                                                                        \
     double network_loss_grad_##sfx(const nn_model *m, nn_workspace *ws, const real *x,     \
-                                   const real *y, int y_width, int rows, int nthreads);
+                                   const real *y, int y_width, const real *weights,        \
+                                   int rows, int nthreads);
 
 FASTNN_DECLARE_NETWORK(float, f32)
 FASTNN_DECLARE_NETWORK(double, f64)

@@ -286,3 +286,131 @@ def test_shape_checks(dtype):
         K.loss(K.LOSSES["categorical_crossentropy"], pred, np.zeros((4, 1), dtype))
     with pytest.raises(ValueError):
         K.metric_sum(K.METRICS["mean_absolute_error"], pred, np.zeros((3, 3), dtype))
+
+
+# ---- per-sample weights: scikit-learn's weighted mean, sum_i w_i l_i / sum_i w_i ----------
+
+WEIGHTED_SHAPES = [(1, 1), (1, 6), (5, 1), (7, 13), (300, 17)]
+
+
+def make_weights(B, dtype, rng, negative=False):
+    """Weights in [0, 3), some exactly 0 (scikit-learn keeps zero-weight samples in their
+    batch); with negative, a few below 0 too (scikit-learn accepts them)."""
+    w = rng.uniform(0, 3, size=B)
+    w[::4] = 0.0
+    if negative and B > 2:
+        w[1::5] = -rng.uniform(0.1, 0.5, size=w[1::5].shape)
+    if B == 1 or w.sum() == 0:
+        w[0] = 1.7
+    return w.astype(dtype)
+
+
+def check_weighted_loss(name, pred, y, weights, from_logits, nthreads=2):
+    dtype = pred.dtype.type
+    value, grad = K.loss(K.LOSSES[name], pred, y, from_logits=from_logits, nthreads=nthreads,
+                         weights=weights)
+    value_ref, grad_ref = ref.weighted_loss(name, pred, y, weights, from_logits)
+    assert grad.dtype == dtype and grad.shape == pred.shape
+    rtol, atol = (1e-10, 1e-14) if dtype == np.float64 else (1e-5, 1e-6)
+    assert value == pytest.approx(value_ref, rel=rtol, abs=atol)
+    scale = max(float(np.max(np.abs(grad_ref))), 1e-300)
+    np.testing.assert_allclose(grad.astype(np.float64), grad_ref, rtol=rtol, atol=atol * scale)
+    return value, grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", WEIGHTED_SHAPES)
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("name", LOSSES)
+def test_weighted_loss_matches_reference(name, from_logits, shape, dtype):
+    rng = np.random.default_rng(seed_of(name, from_logits, shape, "weighted"))
+    pred, y = make_data(name, from_logits, shape, dtype, rng)
+    weights = make_weights(shape[0], dtype, rng, negative=shape[0] > 5)
+    weights_copy = weights.copy()
+    check_weighted_loss(name, pred, y, weights, from_logits)
+    np.testing.assert_array_equal(weights, weights_copy)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("name", LOSSES)
+def test_weighted_loss_central_differences(name, from_logits):
+    """The kernel's weighted gradient is the derivative of its own weighted loss."""
+    rng = np.random.default_rng(seed_of(name, from_logits, "weighted-fd"))
+    pred, y = make_data(name, from_logits, (6, 4), np.float64, rng)
+    weights = make_weights(6, np.float64, rng, negative=True)
+    code = K.LOSSES[name]
+    _, grad = K.loss(code, pred, y, from_logits=from_logits, weights=weights)
+    numeric = ref.numeric_gradient(
+        lambda p: K.loss(code, p, y, from_logits=from_logits, weights=weights)[0], pred,
+        eps=1e-6)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("name", LOSSES)
+def test_unit_weights_are_the_unweighted_loss_bit_for_bit(name, from_logits, dtype):
+    rng = np.random.default_rng(seed_of(name, from_logits, "unit-weights"))
+    for shape in [(7, 13), (40000, 1)]:
+        pred, y = make_data(name, from_logits, shape, dtype, rng)
+        plain = K.loss(K.LOSSES[name], pred, y, from_logits=from_logits, nthreads=2)
+        unit = K.loss(K.LOSSES[name], pred, y, from_logits=from_logits, nthreads=2,
+                      weights=np.ones(shape[0], dtype))
+        assert plain[0] == unit[0]
+        assert np.array_equal(plain[1], unit[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", LOSSES)
+def test_weighted_threads_bit_identical(name, dtype):
+    rng = np.random.default_rng(seed_of(name, "weighted-threads"))
+    for shape in [(300, 257), (100003, 1)]:
+        pred, y = make_data(name, True, shape, dtype, rng)
+        weights = make_weights(shape[0], dtype, rng, negative=True)
+        v1, g1 = K.loss(K.LOSSES[name], pred, y, from_logits=True, nthreads=1, weights=weights)
+        for nt in (2, 3):
+            v2, g2 = K.loss(K.LOSSES[name], pred, y, from_logits=True, nthreads=nt,
+                            weights=weights)
+            assert v1 == v2 and np.array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", LOSSES)
+def test_weights_summing_to_zero_give_nan_and_zero_gradient(name, dtype):
+    rng = np.random.default_rng(seed_of(name, "zero-sum"))
+    pred, y = make_data(name, True, (4, 3), dtype, rng)
+    for weights in ([0, 0, 0, 0], [1, -1, 0, 0], [2.5, 0, -2.5, 0]):
+        value, grad = K.loss(K.LOSSES[name], pred, y, from_logits=True,
+                             weights=np.array(weights, dtype))
+        assert np.isnan(value) and np.array_equal(grad, np.zeros_like(grad))
+        assert np.isnan(ref.weighted_loss(name, pred, y, weights, True)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", METRICS)
+def test_weighted_metric_sum(name, dtype):
+    """Each sample's metric times its weight: the reference's per-sample value, weighted."""
+    rng = np.random.default_rng(seed_of(name, "weighted-metric"))
+    pred, y = metric_data(name, False, (9, 4), dtype, rng)
+    weights = make_weights(9, dtype, rng, negative=True)
+    total = K.metric_sum(K.METRICS[name], pred, y, weights=weights)
+    per_sample = [reference_metric(name, pred[i:i + 1], y[i:i + 1], False) for i in range(9)]
+    expected = float(np.dot(weights.astype(np.float64), per_sample))
+    assert total == pytest.approx(expected, rel=1e-12 if dtype == np.float64 else 1e-6,
+                                  abs=1e-12)
+    assert K.metric_sum(K.METRICS[name], pred, y, weights=np.ones(9, dtype)) == \
+        K.metric_sum(K.METRICS[name], pred, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_shape_and_dtype_checks(dtype):
+    pred, y = np.zeros((4, 3), dtype), np.zeros((4, 3), dtype)
+    code = K.LOSSES["mean_squared_error"]
+    other = np.float32 if dtype == np.float64 else np.float64
+    for bad in (np.ones(3, dtype), np.ones(5, dtype), np.ones((4, 1), dtype)):
+        with pytest.raises(ValueError, match="weights"):
+            K.loss(code, pred, y, weights=bad)
+    with pytest.raises((ValueError, TypeError)):
+        K.loss(code, pred, y, weights=np.ones(4, other))
+    with pytest.raises(ValueError, match="weights"):
+        K.metric_sum(K.METRICS["mean_squared_error"], pred, y, weights=np.ones(5, dtype))

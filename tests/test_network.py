@@ -256,10 +256,10 @@ def output_activation(act, loss, from_logits):
     return "sigmoid" if loss == "binary_crossentropy" else "softmax"
 
 
-def network_from_layers(layers, dtype=np.float64, dropout=None):
+def network_from_layers(layers, dtype=np.float64, dropout=None, l2=0.0):
     """A compiled Network (specs as documented in fastnn/_network.pxi) holding these dense
     layers' weights in one flat buffer, with its gradient buffer. dropout=(i, rate) puts
-    a Dropout layer after dense layer i."""
+    a Dropout layer after dense layer i; l2: scikit-learn's L2 penalty on every kernel."""
     specs, chunks, offset = [], [], 0
     for i, (w, b, act, slope) in enumerate(layers):
         if dropout is not None and dropout[0] == i - 1:
@@ -267,7 +267,8 @@ def network_from_layers(layers, dtype=np.float64, dropout=None):
             specs.append({"kind": "dropout", "in_dim": width, "out_dim": width, "act": 0,
                           "slope": 0.0, "rate": dropout[1], "w": None, "b": None})
         spec = {"kind": "dense", "in_dim": w.shape[0], "out_dim": w.shape[1],
-                "act": K.ACTIVATIONS[act], "slope": slope, "rate": 0.0, "w": offset, "b": None}
+                "act": K.ACTIVATIONS[act], "slope": slope, "rate": 0.0, "w": offset, "b": None,
+                "l2_per_batch": l2}
         chunks.append(w.ravel())
         offset += w.size
         if b is not None:
@@ -510,6 +511,147 @@ def test_sparse_label_out_of_range_in_network_gives_nan():
                 assert np.isnan(net.loss_grad(x.astype(dtype), y))
                 assert np.all(np.isfinite(grads))
                 assert np.isnan(net.evaluate(x.astype(dtype), y, 2, 1)[0])
+
+
+# ---- per-sample weights (scikit-learn's weighted loss and L2 term) ------------------------
+
+WEIGHTED_MODES = [("mean_squared_error", "linear", False), (SPARSE, "softmax", True),
+                  ("binary_crossentropy", "sigmoid", True)]
+
+
+def weighted_problem(loss, out_act, rng, n=N):
+    """Two dense layers, their targets, and weights with zeros and a negative one."""
+    k = 3
+    layers = [(rng.standard_normal((5, 6)) * 0.5, rng.standard_normal(6) * 0.2, "tanh", 0.01),
+              (rng.standard_normal((6, k)) * 0.5, rng.standard_normal(k) * 0.2, out_act, 0.01)]
+    x = rng.standard_normal((n, 5))
+    y = flat_targets(loss, targets(loss, n, k, rng))
+    weights = rng.uniform(0.2, 3.0, size=n)
+    weights[::4] = 0.0
+    weights[1] = -0.4
+    return layers, x, y, weights
+
+
+@pytest.mark.parametrize("loss,out_act,fused", WEIGHTED_MODES)
+def test_weighted_loss_grad_with_l2_matches_reference(loss, out_act, fused):
+    """The loss and the L2 term divided by the batch's weight, sum(w), not its rows, as
+    scikit-learn's _backprop does; its gradient against central differences too."""
+    rng = np.random.default_rng(seed_of(loss, "weighted-l2"))
+    layers, x, y, weights = weighted_problem(loss, out_act, rng)
+    l2 = 0.3
+    net, params, grads = network_from_layers(layers, l2=l2)
+    net.set_loss(K.LOSSES[loss], False, fused)
+    value = net.loss_grad(x, y, 1, weights=weights)
+    value_ref, grads_ref = ref.network_loss_and_grads(layers, x, y, loss, weights=weights,
+                                                      l2=l2)
+    assert value == pytest.approx(value_ref, rel=1e-12)
+    for i, (g, e) in enumerate(zip(unflatten(grads, layers), grads_ref)):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-13, err_msg=f"gradient {i}")
+    backprop = grads.copy()
+
+    def loss_at(flat):
+        params[:] = flat
+        return net.loss_grad(x, y, 1, weights=weights)
+    numeric = ref.numeric_gradient(loss_at, params.copy(), eps=GC_EPS)
+    np.testing.assert_allclose(backprop, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weighted_train_gathers_weights_by_order(dtype):
+    """SGD over a permuted order in batches of 5, 5 and 2 rows: each batch's weights are
+    those of its rows, and loss_sum adds each batch's weighted mean times its rows."""
+    rng = np.random.default_rng(seed_of("weighted-train", np.dtype(dtype).name))
+    layers, x, y, weights = weighted_problem(SPARSE, "softmax", rng)
+    if dtype == np.float32:  # values the float32 network holds exactly
+        layers = [(w.astype(dtype).astype(float), b.astype(dtype).astype(float), a, s)
+                  for w, b, a, s in layers]
+        x, weights = x.astype(dtype).astype(float), weights.astype(dtype).astype(float)
+    l2, lr = 0.2, 0.1
+    net, params, grads = network_from_layers(layers, dtype, l2=l2)
+    net.set_loss(K.LOSSES[SPARSE], False, True)
+    net.set_optimizer(0, lr, 0, 0, 0, 0, 0.0, False, 0, np.zeros_like(params),
+                      np.zeros_like(params))
+    order = rng.permutation(N).astype(np.int64)
+    loss_sum, _ = net.train(x.astype(dtype), y.astype(dtype), order, 0, 3, 5, 0, 1,
+                            weights=weights.astype(dtype))
+    expected_sum = 0.0
+    for r0 in range(0, N, 5):
+        rows = order[r0:r0 + 5]
+        value, grads_ref = ref.network_loss_and_grads(layers, x[rows], y[rows], SPARSE,
+                                                      weights=weights[rows], l2=l2)
+        expected_sum += value * len(rows)
+        stepped = [w - lr * g for w, g in zip(ref.network_weights(layers), grads_ref)]
+        layers = ref.network_with_weights(layers, stepped)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss_sum == pytest.approx(expected_sum, rel=rtol)
+    for p, e in zip(unflatten(params, layers), ref.network_weights(layers)):
+        np.testing.assert_allclose(p, e, rtol=rtol * 100, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_unit_weights_train_bit_identical_to_unweighted(dtype):
+    """Weights of 1 take the weighted path (gather, sum, per-row scale, weighted metrics)
+    and must give the unweighted training's bits: loss, metrics, parameters, moments."""
+    rng = np.random.default_rng(seed_of("unit-weights-train"))
+    layers, x, y, _ = weighted_problem("mean_squared_error", "linear", rng, n=300)
+    x, y = x.astype(dtype), y.astype(dtype)
+    order = rng.permutation(300).astype(np.int64)
+    results = []
+    for weights in (None, np.ones(300, dtype)):
+        net, params, grads = network_from_layers(layers, dtype, l2=0.1)
+        net.set_loss(K.LOSSES["mean_squared_error"], False, False,
+                     [K.METRICS["mean_squared_error"], K.METRICS["mean_absolute_error"]], 1.5)
+        slot1, slot2 = np.zeros_like(params), np.zeros_like(params)
+        net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-8, 0, 0, False, 0, slot1, slot2)
+        sums = net.train(x, y, order, 0, 7, 45, 0, 2, weights=weights)
+        results.append((sums, params.copy(), slot1.copy(), slot2.copy()))
+    (plain_sums, *plain), (unit_sums, *unit) = results
+    assert plain_sums == unit_sums
+    assert all(np.array_equal(a, b) for a, b in zip(plain, unit))
+
+
+def test_weighted_train_thread_count_independent():
+    rng = np.random.default_rng(seed_of("weighted-threads-train"))
+    layers, x, y = big_problem(rng)
+    weights = rng.uniform(0, 2, size=len(x))
+    out = {}
+    for nt in (1, 2):
+        net, params, grads = network_from_layers(layers, l2=0.01)
+        net.set_loss(K.LOSSES[SPARSE], False, True, [K.METRICS["sparse_categorical_accuracy"]])
+        net.set_optimizer(0, 0.1, 0, 0, 0, 0, 0.9, False, 0, np.zeros_like(params),
+                          np.zeros_like(params))
+        order = np.arange(len(x), dtype=np.int64)
+        out[nt] = (net.train(x, y, order, 0, 2, 150, 0, nt, weights=weights), params.copy())
+    assert out[1][0] == out[2][0] and np.array_equal(out[1][1], out[2][1])
+
+
+def test_weights_checked_by_network_and_zero_weight_batch_takes_no_step():
+    rng = np.random.default_rng(83)
+    layers, x, y, _ = weighted_problem(SPARSE, "softmax", rng)
+    net, params, grads = network_from_layers(layers)
+    net.set_loss(K.LOSSES[SPARSE], False, True)
+    net.set_optimizer(0, 0.1, 0, 0, 0, 0, 0.0, False, 0, np.zeros_like(params),
+                      np.zeros_like(params))
+    order = np.arange(N, dtype=np.int64)
+    before = params.copy()
+    for bad, error in ((np.ones(N - 1), ValueError), (np.ones((N, 1)), ValueError),
+                       (np.ones(N, np.float32), TypeError), (np.ones(N)[::-1], TypeError)):
+        with pytest.raises(error, match="weights"):
+            net.train(x, y, order, 0, 1, N, 0, 1, weights=bad)
+    for value in (np.nan, np.inf):
+        bad = np.ones(N)
+        bad[3] = value
+        with pytest.raises(ValueError, match="weights.*finite"):
+            net.train(x, y, order, 0, 1, N, 0, 1, weights=bad)
+        with pytest.raises(ValueError, match="weights.*finite"):
+            net.loss_grad(x, y, 1, weights=bad)
+    np.testing.assert_array_equal(params, before)
+    assert net.iterations == 0
+    # batches of 4: the second weighs 0 in all, has no weighted mean, and is skipped
+    weights = np.ones(N)
+    weights[4:8] = 0.0
+    loss_sum, _ = net.train(x, y, order, 0, 3, 4, 0, 1, weights=weights)
+    assert np.isnan(loss_sum) and net.iterations == 2 and np.all(np.isfinite(params))
 
 
 def test_shuffle_is_a_seeded_permutation():

@@ -174,6 +174,33 @@ def test_cce_grad(shape, from_logits):
     check_loss_grad(ref.categorical_crossentropy, pred, 2.5 * soft, from_logits=from_logits)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("loss", ["binary_crossentropy", "mean_squared_error",
+                                  "sparse_categorical_crossentropy", "categorical_crossentropy"])
+def test_weighted_loss(loss, from_logits):
+    """scikit-learn's np.average(l_i, weights=w): its gradient by central differences,
+    equal weights giving the unweighted mean, and a value computed by hand."""
+    rng = np.random.default_rng(10)
+    shape = (5, 3)
+    pred = rng.standard_normal(shape) * 2 if from_logits else rng.uniform(0.1, 0.9, shape)
+    if loss == "sparse_categorical_crossentropy":
+        y = rng.integers(0, 3, size=5)
+    elif loss == "categorical_crossentropy":
+        y = probs(rng, shape)
+    else:
+        y = rng.uniform(0, 1, size=shape)
+    weights = np.array([0.5, 0.0, 2.0, -0.3, 1.2])
+    check_loss_grad(lambda p: ref.weighted_loss(loss, p, y, weights, from_logits), pred)
+    plain = ref.loss_function(loss, pred, y, from_logits)
+    equal = ref.weighted_loss(loss, pred, y, np.full(5, 0.7), from_logits)
+    assert equal[0] == pytest.approx(plain[0], rel=1e-14)
+    np.testing.assert_allclose(equal[1], plain[1], rtol=1e-14)
+    rows = [ref.loss_function(loss, pred[i:i + 1], y[i:i + 1], from_logits)[0] for i in range(5)]
+    by_hand = (0.5 * rows[0] + 2.0 * rows[2] - 0.3 * rows[3] + 1.2 * rows[4]) / 3.4
+    assert ref.weighted_loss(loss, pred, y, weights, from_logits)[0] == pytest.approx(
+        by_hand, rel=1e-14)
+
+
 def test_cce_logits_grad_rows_sum_to_zero():
     rng = np.random.default_rng(7)
     z = rng.standard_normal((5, 4)) * 4

@@ -25,18 +25,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from fastnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
-# The one gap: the compiled loss has no per-sample weights yet, so fit raises a clear
-# ValueError for non-uniform sample_weight (uniform weights, and zero weights that remove
-# samples, are supported exactly). These checks fit with non-uniform weights.
-_WEIGHTS = ("fastnn.sklearn supports uniform sample weights only: non-uniform "
-            "sample_weight raises ValueError (per-sample weights are not in the compiled "
-            "loss yet)")
-EXPECTED_FAILED_CHECKS = {
-    "check_sample_weights_not_overwritten": _WEIGHTS,
-    "check_sample_weight_equivalence_on_dense_data": _WEIGHTS,
-    "check_sample_weight_equivalence_on_sparse_data": _WEIGHTS,
-}
-
 
 @pytest.fixture(autouse=True)
 def _quiet_convergence():
@@ -50,7 +38,8 @@ def _scaled(loader):
     return StandardScaler().fit_transform(X), y
 
 
-def assert_same_training(ours, theirs, rtol=1e-7, atol=1e-9, weights_atol=1e-7):
+def assert_same_training(ours, theirs, rtol=1e-7, atol=1e-9, weights_atol=1e-7,
+                         weights_rtol=1e-5):
     """Same epochs, loss curve and weights as scikit-learn's own MLP."""
     assert ours.n_iter_ == theirs.n_iter_
     assert ours.t_ == theirs.t_
@@ -58,13 +47,12 @@ def assert_same_training(ours, theirs, rtol=1e-7, atol=1e-9, weights_atol=1e-7):
     assert len(ours.coefs_) == len(theirs.coefs_)
     for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
         assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=weights_atol)
+        np.testing.assert_allclose(a, b, rtol=weights_rtol, atol=weights_atol)
 
 
 # ---- scikit-learn's estimator checks ------------------------------------------------------
 
-@parametrize_with_checks([MLPClassifier(), MLPRegressor()],
-                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -263,29 +251,166 @@ def test_unsupported_options_raise_clearly():
         MLPClassifier(solver="lbfgs").partial_fit
     with pytest.raises(ValueError, match="poisson.*not supported"):
         MLPRegressor(loss="poisson").fit(X, y.astype(float))
-    with pytest.raises(ValueError, match="uniform sample weights"):
-        MLPClassifier().fit(X, y, sample_weight=np.arange(len(y)) + 1.0)
-    with pytest.raises(ValueError, match="zero"):
-        MLPClassifier().fit(X, y, sample_weight=np.zeros(len(y)))
     with pytest.raises(ValueError):  # scikit-learn's parameter validation
         MLPClassifier(activation="softplus").fit(X, y)
     MLPClassifier(max_fun=100, max_iter=2).fit(X, y)  # accepted (used by lbfgs only)
 
 
-def test_uniform_and_zero_sample_weights_match_sklearn():
+# ---- sample_weight: scikit-learn's weighted loss ------------------------------------------
+# Per batch, scikit-learn's _backprop takes np.average(l_i, weights=w) (its _base.py losses)
+# plus 0.5 alpha ||W||^2 / sum(w), so every gradient is divided by sum(w); loss_ is the
+# row-weighted mean of those batch losses. The same random_state gives the same fit.
+
+# tolerances for float64: both sides round differently, by ~1e-16 per operation
+EXACT = dict(rtol=1e-12, atol=1e-14, weights_atol=1e-12, weights_rtol=1e-10)
+
+
+def _weighting_data(kind):
+    """(estimator class, scikit-learn's, X, y, sample_weight) for one kind of target."""
+    rng = np.random.default_rng(7)
+    if kind == "regression" or kind == "multioutput":
+        X, y = make_friedman1(n_samples=150, random_state=0)
+        if kind == "multioutput":
+            y = np.column_stack([y, np.sin(X[:, 0]) * 3])
+        ours, theirs = MLPRegressor, skl.MLPRegressor
+    else:
+        if kind == "multilabel":
+            X, y = make_multilabel_classification(n_samples=150, n_classes=3, random_state=0)
+        else:
+            X, y = _scaled(load_digits)
+            X, y = X[:150], (y[:150] % 2 if kind == "binary" else y[:150] % 4)
+        X = StandardScaler().fit_transform(X)
+        ours, theirs = MLPClassifier, skl.MLPClassifier
+    sw = rng.uniform(0, 3, len(X))
+    sw[::6] = 0.0   # zero-weight samples stay in their batches, as in scikit-learn
+    sw[1] = -0.5    # scikit-learn accepts negative weights
+    return ours, theirs, X, y, sw
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel", "regression",
+                                  "multioutput"])
+def test_sample_weight_matches_sklearn(kind, solver, early_stopping):
+    ours, theirs, X, y, sw = _weighting_data(kind)
+    kw = dict(hidden_layer_sizes=(12,), solver=solver, early_stopping=early_stopping,
+              batch_size=32, max_iter=6, alpha=0.05, random_state=0, learning_rate_init=0.01)
+    sw_copy = sw.copy()
+    a, b = ours(**kw).fit(X, y, sample_weight=sw), theirs(**kw).fit(X, y, sample_weight=sw)
+    assert_same_training(a, b, **EXACT)
+    np.testing.assert_array_equal(sw, sw_copy)
+    if early_stopping:  # the split carries the weights; validation scores are weighted
+        np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-12)
+    # and the weights matter: unweighted, the fit is another one
+    plain = ours(**kw).fit(X, y)
+    assert abs(plain.loss_curve_[-1] - a.loss_curve_[-1]) > 1e-6
+
+
+@pytest.mark.parametrize("kind", ["binary", "multioutput"])
+def test_sample_weight_float32_matches_sklearn(kind):
+    ours, theirs, X, y, sw = _weighting_data(kind)
+    X = X.astype(np.float32)
+    for solver in ("sgd", "adam"):
+        kw = dict(hidden_layer_sizes=(12,), solver=solver, batch_size=32, max_iter=6,
+                  alpha=0.05, random_state=0, learning_rate_init=0.01)
+        a, b = ours(**kw).fit(X, y, sample_weight=sw), theirs(**kw).fit(X, y, sample_weight=sw)
+        assert all(c.dtype == np.float32 for c in a.coefs_ + a.intercepts_)
+        assert_same_training(a, b, rtol=1e-4, atol=1e-5, weights_atol=1e-4)
+
+
+def test_sample_weight_partial_fit_matches_sklearn():
+    ours_cls, theirs_cls, X, y, sw = _weighting_data("multiclass")
+    ours = ours_cls(hidden_layer_sizes=(12,), solver="sgd", random_state=0, batch_size=20)
+    theirs = theirs_cls(hidden_layer_sizes=(12,), solver="sgd", random_state=0, batch_size=20)
+    classes = np.unique(y)
+    for i in range(3):
+        rows = slice(i * 50, (i + 1) * 50)
+        ours.partial_fit(X[rows], y[rows], sample_weight=sw[rows], classes=classes)
+        theirs.partial_fit(X[rows], y[rows], sample_weight=sw[rows], classes=classes)
+    assert_same_training(ours, theirs, **EXACT)
+    ours_cls, theirs_cls, X, y, sw = _weighting_data("regression")
+    ours, theirs = ours_cls(random_state=0, batch_size=40), theirs_cls(random_state=0,
+                                                                       batch_size=40)
+    for _ in range(3):
+        ours.partial_fit(X, y, sample_weight=sw)
+        theirs.partial_fit(X, y, sample_weight=sw)
+    assert_same_training(ours, theirs, **EXACT)
+
+
+def test_uniform_and_unit_sample_weights():
     X, y = _scaled(load_breast_cancer)
-    kw = dict(random_state=0, max_iter=10, alpha=0.1)
+    X, y = X[:300], y[:300]
+    kw = dict(random_state=0, max_iter=5, alpha=0.1, hidden_layer_sizes=(16,))
     sw = np.full(len(y), 2.5)
     ours = MLPClassifier(**kw).fit(X, y, sample_weight=sw)
-    assert_same_training(ours, skl.MLPClassifier(**kw).fit(X, y, sample_weight=sw))
-    # zero weights remove samples; one full batch (n <= 200) equals scikit-learn's
+    assert_same_training(ours, skl.MLPClassifier(**kw).fit(X, y, sample_weight=sw), **EXACT)
+    # weights of 1 take the weighted path and reproduce the unweighted fit bit for bit
+    for est, target in ((MLPClassifier(**kw), y),
+                        (MLPRegressor(**kw), np.column_stack([X[:, 0], X[:, 1] * y]))):
+        plain = clone(est).fit(X, target)
+        unit = clone(est).fit(X, target, sample_weight=np.ones(len(y)))
+        assert unit.loss_curve_ == plain.loss_curve_
+        for a, b in zip(unit.coefs_ + unit.intercepts_, plain.coefs_ + plain.intercepts_):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_zero_weights_in_one_batch_are_removed_samples():
+    """One batch (n <= 200): zero-weight samples change neither the loss nor its gradient."""
+    X, y = _scaled(load_breast_cancer)
+    kw = dict(random_state=0, max_iter=10, alpha=0.1, hidden_layer_sizes=(16,))
     sw = np.ones(150)
     sw[::3] = 0
     ours = MLPClassifier(**kw).fit(X[:150], y[:150], sample_weight=sw)
-    theirs = skl.MLPClassifier(**kw).fit(X[:150], y[:150], sample_weight=sw)
-    assert_same_training(ours, theirs)
     removed = MLPClassifier(**kw).fit(X[:150][sw > 0], y[:150][sw > 0])
+    np.testing.assert_allclose(ours.loss_curve_, removed.loss_curve_, rtol=1e-12)
     np.testing.assert_allclose(ours.predict_proba(X), removed.predict_proba(X), atol=1e-12)
+
+
+BAD_WEIGHTS = {"short": (np.ones(9), "shape"), "long": (np.ones(11), "shape"),
+               "2-D": (np.ones((10, 1)), "1D"), "NaN": (np.r_[np.ones(9), np.nan], "NaN"),
+               "inf": (np.r_[np.inf, np.ones(9)], "infinity"),
+               "all zero": (np.zeros(10), "zero"), "text": (["a"] * 10, "")}
+
+
+@pytest.mark.parametrize("case", list(BAD_WEIGHTS))
+def test_bad_sample_weight_raises_before_any_state_change(case):
+    bad, words = BAD_WEIGHTS[case]
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((10, 4)), np.arange(10) % 3
+    X_old = rng.standard_normal((12, 5))
+    for est, target in ((MLPClassifier(max_iter=2, random_state=0), y),
+                        (MLPRegressor(max_iter=2, random_state=0), X[:, 0])):
+        fresh = clone(est)
+        with pytest.raises(ValueError, match=f"sample_weight.*{words}"):
+            fresh.fit(X, target, sample_weight=bad)
+        with pytest.raises(ValueError, match="sample_weight"):
+            fresh.partial_fit(X, target, sample_weight=bad,
+                              **({"classes": [0, 1, 2]} if target is y else {}))
+        assert not hasattr(fresh, "n_features_in_") and not hasattr(fresh, "classes_")
+        fitted = clone(est).set_params(warm_start=True).fit(X_old, target[:10].tolist() + [0, 1])
+        state = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                 for k, v in vars(fitted).items() if k != "_model"}
+        coefs = [c.copy() for c in fitted.coefs_]
+        for call in (lambda: fitted.fit(X, target, sample_weight=bad),
+                     lambda: fitted.partial_fit(X, target, sample_weight=bad)):
+            with pytest.raises(ValueError, match="sample_weight"):
+                call()
+        assert fitted.n_features_in_ == 5 and len(fitted.loss_curve_) == state["n_iter_"]
+        assert all(np.array_equal(a, b) for a, b in zip(fitted.coefs_, coefs))
+
+
+def test_zero_weight_batch_raises_as_sklearn_cannot_average_it():
+    """A batch whose weights sum to zero has no weighted mean: scikit-learn's np.average
+    stops with ZeroDivisionError; fastnn raises a ValueError naming sample_weight."""
+    X, y = make_friedman1(n_samples=40, random_state=0)
+    sw = np.ones(40)
+    sw[:10] = 0.0
+    kw = dict(batch_size=10, shuffle=False, max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match="sample_weight.*sum to zero"):
+        MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+    with pytest.raises(ZeroDivisionError):
+        skl.MLPRegressor(**kw).fit(X, y, sample_weight=sw)
+    MLPRegressor(**dict(kw, batch_size=20)).fit(X, y, sample_weight=sw)  # 10 + 10: fine
 
 
 def test_sparse_X():
