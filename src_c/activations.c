@@ -28,31 +28,6 @@ real FN(sigmoid)(real z)
 }
 
 #if !FASTNN_DOUBLE
-/* e^x for x <= 0 in float, written so that a loop of it vectorizes: round x / ln 2 to an
- * integer n with the 1.5 * 2^23 trick, reduce r = x - n ln 2 (ln 2 split in two parts so
- * the product is exact), evaluate a degree-6 minimax polynomial for e^r on
- * |r| <= ln2 / 2 (relative error about 1e-7), and scale by 2^n through the exponent bits.
- * Arguments below -87.33 (where e^x leaves the normal floats) give 0. */
-static inline float exp_nonpositive_f32(float x)
-{
-    const float shift = 12582912.0f; /* 1.5 * 2^23 */
-    float xc = x < -87.33f ? -87.33f : x;
-    float n = (xc * 1.44269504088896341f + shift) - shift;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float e = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return x < -87.33f ? 0.0f : e * scale;
-}
-
 /* sigmoid over a block, vectorized: e = e^-|z|, sigmoid = 1/(1+e) or e/(1+e). */
 FASTNN_VECTORIZED
 static void sigmoid_block_f32(float *a, const float *z, ptrdiff_t n)
@@ -81,6 +56,7 @@ static void FN(softmax_row)(real *a, const real *z, int cols)
     for (int j = 0; j < cols; j++) a[j] *= inv;
 }
 
+FASTNN_VECTORIZED
 void FN(activation_forward_rows)(real *a, const real *z, ptrdiff_t r0, ptrdiff_t r1, int cols,
                                  int act, real slope)
 {
@@ -135,6 +111,7 @@ void FN(activation_forward)(real *a, const real *z, int rows, int cols, int act,
     }
 }
 
+FASTNN_VECTORIZED
 void FN(activation_backward_rows)(real *dz, const real *da, const real *z, const real *a,
                                   ptrdiff_t r0, ptrdiff_t r1, int cols, int act, real slope)
 {

@@ -60,6 +60,7 @@ void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout,
     }
 }
 
+FASTNN_VECTORIZED
 static void FN(conv1d_col2im_range)(real *dx, const real *dcols, int L, int C, int Lout,
                                     int K, int stride, int pad_left, ptrdiff_t b0,
                                     ptrdiff_t b1)

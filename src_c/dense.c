@@ -18,6 +18,7 @@
 #else
 
 /* Bias then activation on rows [r0, r1), in blocks of rows small enough to stay in cache. */
+FASTNN_VECTORIZED
 static void FN(bias_activation_rows)(real *z, real *a, const real *b, ptrdiff_t r0,
                                      ptrdiff_t r1, int OC, int act, real slope)
 {
@@ -62,6 +63,7 @@ void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const rea
 
 /* Columns [c0, c1) of the column sums, row by row, so the inner loop runs over contiguous
  * columns and each sum keeps the same order whatever the thread count. */
+FASTNN_VECTORIZED
 static void FN(column_sums_range)(real *out, const real *m, ptrdiff_t rows, ptrdiff_t cols,
                                   ptrdiff_t c0, ptrdiff_t c1)
 {

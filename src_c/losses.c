@@ -28,19 +28,14 @@
 typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
                                   int from_logits, real gscale);
 
-/* Runs a row loss over the batch and returns the sum of the row losses, each times its
- * weight when weights is not NULL; y advances by y_stride per row. Each row's gradient
- * is scaled by gscale times its weight, rounded to real once per row. */
-static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
-                             const real *y, int y_stride, const real *weights, int B, int K,
-                             int from_logits, double gscale, int nthreads)
+/* Row blocks [blk0, blk1) of batch_loss: each block's sum into block_sum. */
+static void FN(loss_blocks)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
+                            const real *y, int y_stride, const real *weights, int B, int K,
+                            int from_logits, double gscale, int blk0, int blk1,
+                            double *block_sum)
 {
-    double block_sum[LOSS_BLOCKS];
     real row_gscale = (real)gscale;
-    int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
-        unsigned int csr = fastnn_ftz_enter();
+    for (int blk = blk0; blk < blk1; blk++) {
         ptrdiff_t r0 = (ptrdiff_t)B * blk / LOSS_BLOCKS;
         ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / LOSS_BLOCKS;
         double s = 0;
@@ -55,7 +50,31 @@ static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *p
             }
         }
         block_sum[blk] = s;
+    }
+}
+
+/* Runs a row loss over the batch and returns the sum of the row losses, each times its
+ * weight when weights is not NULL; y advances by y_stride per row. Each row's gradient
+ * is scaled by gscale times its weight, rounded to real once per row. */
+static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
+                             const real *y, int y_stride, const real *weights, int B, int K,
+                             int from_logits, double gscale, int nthreads)
+{
+    double block_sum[LOSS_BLOCKS];
+    int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
+    if (nt == 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        FN(loss_blocks)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits, gscale,
+                        0, LOSS_BLOCKS, block_sum);
         fastnn_ftz_leave(csr);
+    } else {
+        #pragma omp parallel for schedule(static) num_threads(nt)
+        for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
+            unsigned int csr = fastnn_ftz_enter();
+            FN(loss_blocks)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits,
+                            gscale, blk, blk + 1, block_sum);
+            fastnn_ftz_leave(csr);
+        }
     }
     double total = 0;
     for (int blk = 0; blk < LOSS_BLOCKS; blk++) total += block_sum[blk];
@@ -141,17 +160,29 @@ double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
     return FN(mean_loss)(FN(mse_row), grad, pred, y, K, weights, B, K, K, 0, nthreads);
 }
 
-/* log sum_j e^z_j, max-subtracted so it is finite for any logits; also returns the max
- * and the sum of e^(z_j - max) that softmax needs. */
-static real FN(log_sum_exp)(const real *z, int K, real *zmax_out, real *sum_out)
+/* e^x for x <= 0: the polynomial of activations.h in float (no library call, about
+ * 1e-7 relative), the library's exp in double. */
+#if FASTNN_DOUBLE
+#define EXP_NONPOSITIVE exp
+#else
+#define EXP_NONPOSITIVE exp_nonpositive_f32
+#endif
+
+/* log sum_j e^z_j, max-subtracted so it is finite for any logits. Also returns the sum
+ * of e^(z_j - max), and writes those terms to e when it is not NULL (the softmax that
+ * the gradient needs). */
+static real FN(log_sum_exp)(const real *z, int K, real *e, real *sum_out)
 {
     real zmax = z[0];
     for (int j = 1; j < K; j++) {
         if (z[j] > zmax) zmax = z[j];
     }
     real sum = 0;
-    for (int j = 0; j < K; j++) sum += EXP(z[j] - zmax);
-    *zmax_out = zmax;
+    for (int j = 0; j < K; j++) {
+        real ej = EXP_NONPOSITIVE(z[j] - zmax);
+        if (e) e[j] = ej;
+        sum += ej;
+    }
     *sum_out = sum;
     return zmax + LOG(sum);
 }
@@ -174,11 +205,11 @@ static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
     }
     if (from_logits) {
         /* -log softmax(z)_c = logsumexp(z) - z_c;  d/dz_j = softmax(z)_j - [j == c] */
-        real zmax, sum;
-        real lse = FN(log_sum_exp)(p, K, &zmax, &sum);
-        if (g) {
+        real sum;
+        real lse = FN(log_sum_exp)(p, K, g, &sum);
+        if (g) { /* g holds e^(z_j - max) */
             real inv = (real)1 / sum;
-            for (int j = 0; j < K; j++) g[j] = EXP(p[j] - zmax) * inv * gscale;
+            for (int j = 0; j < K; j++) g[j] = g[j] * inv * gscale;
             g[c] -= gscale;
         }
         return (double)lse - (double)p[c]; /* in double: finite for any float logits */
@@ -208,8 +239,8 @@ static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_
 {
     if (from_logits) {
         /* sum_j y_j (logsumexp(z) - z_j);  d/dz_j = softmax(z)_j sum(y) - y_j */
-        real zmax, sum;
-        real lse = FN(log_sum_exp)(p, K, &zmax, &sum);
+        real sum;
+        real lse = FN(log_sum_exp)(p, K, g, &sum); /* g: e^(z_j - max) */
         real ysum = 0;
         double loss = 0; /* in double: finite for any float logits */
         for (int j = 0; j < K; j++) {
@@ -218,7 +249,7 @@ static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_
         }
         if (g) {
             real inv = (real)1 / sum;
-            for (int j = 0; j < K; j++) g[j] = (EXP(p[j] - zmax) * inv * ysum - y[j]) * gscale;
+            for (int j = 0; j < K; j++) g[j] = (g[j] * inv * ysum - y[j]) * gscale;
         }
         return loss;
     }
@@ -320,4 +351,5 @@ double FN(metric_sum)(int metric, const real *pred, const real *y, const real *w
     return total;
 }
 
+#undef EXP_NONPOSITIVE
 #endif /* FASTNN_TEMPLATE */
