@@ -38,6 +38,11 @@ void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const rea
                        int B, int C, int OC, int act, real slope, gemm_fn gemm, int nthreads)
 {
     if (B <= 0 || OC <= 0) return;
+    /* z = x w + b and a = f(z) in one pass where the product kernel can apply f */
+    if (C > 0 && FN(gemm_bias_act)(z, a, OC, x, C, 0, w, OC, 0, B, OC, C, b, act, slope,
+                                   nthreads)) {
+        return;
+    }
     if (C > 0) {
         FN(gemm)(z, OC, x, C, 0, w, OC, 0, B, OC, C, gemm, nthreads); /* z = x w */
     } else {
@@ -76,6 +81,7 @@ static void FN(column_sums_range)(real *out, const real *m, ptrdiff_t rows, ptrd
 
 void FN(column_sums)(real *out, const real *m, int rows, int cols, int nthreads)
 {
+    if (FN(gemm_column_sums)(out, m, rows, cols)) return; /* the same sums, vectorized */
     int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
     if (nt == 1) {
         unsigned int csr = fastnn_ftz_enter();

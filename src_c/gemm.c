@@ -76,6 +76,16 @@ static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_tran
          out + (ptrdiff_t)r0 * ldo, &ldo_);
 }
 
+/* What gemm_bias_act does to a tile before storing it: add bias (per output column, may
+ * be NULL), store z, then store act_out = f(z) (rows ldo apart; may equal z) for f linear,
+ * relu or leaky relu. */
+typedef struct {
+    const real *bias;
+    real *act_out;
+    int act;
+    real slope;
+} FN(epilogue);
+
 /* ---- the small-product kernel --------------------------------------------------------- */
 #if FASTNN_SMALL_GEMM
 
@@ -90,6 +100,11 @@ static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_tran
 #define VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define VSTORE(p, v) _mm512_storeu_pd((p), (v))
 #define VSTORE_MASKED(p, m, v) _mm512_mask_storeu_pd((p), (m), (v))
+#define VADD(a, b) _mm512_add_pd((a), (b))
+#define VMUL(a, b) _mm512_mul_pd((a), (b))
+#define VMAX(a, b) _mm512_max_pd((a), (b))
+#define VGT(a, b) _mm512_cmp_pd_mask((a), (b), _CMP_GT_OQ)
+#define VBLEND(m, a, b) _mm512_mask_blend_pd((m), (a), (b)) /* b where m, else a */
 #else
 #define VEC __m512
 #define VLEN 16
@@ -101,6 +116,11 @@ static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_tran
 #define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define VSTORE(p, v) _mm512_storeu_ps((p), (v))
 #define VSTORE_MASKED(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+#define VMAX(a, b) _mm512_max_ps((a), (b))
+#define VGT(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ)
+#define VBLEND(m, a, b) _mm512_mask_blend_ps((m), (a), (b)) /* b where m, else a */
 #endif
 
 /* One tile: MR rows by NV vectors of columns (the last vector masked to `last`), held in
@@ -110,7 +130,8 @@ static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_tran
  * whatever the tile, so the result never depends on how rows were cut. */
 SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_rs,
                                  ptrdiff_t a_ks, const real *b, int ldb, int K, const int MR,
-                                 const int NV, VMASK last)
+                                 const int NV, VMASK last, const FN(epilogue) *ep,
+                                 ptrdiff_t ep_offset)
 {
     VEC acc[12][4];
     for (int r = 0; r < MR; r++)
@@ -124,6 +145,36 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
         for (int r = 0; r < MR; r++) {
             VEC av = VSET1(ak[r * a_rs]);
             for (int v = 0; v < NV; v++) acc[r][v] = VFMA(av, bv[v], acc[r][v]);
+        }
+    }
+    if (ep) { /* z = acc + bias, stored; then a = f(z), stored (see gemm_bias_act); the
+               * tile's rows of a start at ep->act_out + ep_offset */
+        if (ep->bias) {
+            VEC bias[4];
+            for (int v = 0; v < NV - 1; v++) bias[v] = VLOAD(ep->bias + v * VLEN);
+            bias[NV - 1] = VLOAD_MASKED(last, ep->bias + (NV - 1) * VLEN);
+            for (int r = 0; r < MR; r++)
+                for (int v = 0; v < NV; v++) acc[r][v] = VADD(acc[r][v], bias[v]);
+        }
+        real *act_out = ep->act_out + ep_offset;
+        if (act_out != out) {
+            for (int r = 0; r < MR; r++) {
+                real *o = out + (ptrdiff_t)r * ldo;
+                for (int v = 0; v < NV - 1; v++) VSTORE(o + v * VLEN, acc[r][v]);
+                VSTORE_MASKED(o + (NV - 1) * VLEN, last, acc[r][NV - 1]);
+            }
+            out = act_out;
+        }
+        if (ep->act != ACT_LINEAR) {
+            /* relu: max(z, 0) gives 0 for NaN as z > 0 ? z : 0 does; leaky: the same
+             * comparison picks z or slope z */
+            VEC zero = VZERO(), slope = VSET1(ep->slope);
+            for (int r = 0; r < MR; r++)
+                for (int v = 0; v < NV; v++) {
+                    if (ep->act == ACT_RELU) acc[r][v] = VMAX(acc[r][v], zero);
+                    else acc[r][v] = VBLEND(VGT(acc[r][v], zero), VMUL(acc[r][v], slope),
+                                            acc[r][v]);
+                }
         }
     }
     for (int r = 0; r < MR; r++) {
@@ -140,20 +191,20 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
     do {                                                                                   \
         for (; i + (MR) <= i1; i += (MR))                                                  \
             FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, (MR), (NV), last);                                      \
+                           ldb, K, (MR), (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                      \
         for (; i + 4 <= i1; i += 4)                                                        \
             FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, 4, (NV), last);                                         \
+                           ldb, K, 4, (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                         \
         for (; i < i1; i++)                                                                \
             FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, 1, (NV), last);                                         \
+                           ldb, K, 1, (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                         \
     } while (0)
 
 /* Rows [i0, i1) of out (N columns) = op(a) b with b row-major (rows ldb apart), in
  * blocks of up to 4 vectors of columns. */
 SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdiff_t a_rs,
                                          ptrdiff_t a_ks, const real *b, int ldb, int i0,
-                                         int i1, int N, int K)
+                                         int i1, int N, int K, const FN(epilogue) *ep)
 {
     for (int j0 = 0; j0 < N; j0 += 4 * VLEN) {
         int cols = N - j0 < 4 * VLEN ? N - j0 : 4 * VLEN;
@@ -161,6 +212,12 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
         VMASK last = (VMASK)((1u << (cols - (nv - 1) * VLEN)) - 1u);
         real *out_j = out + j0;
         const real *b_j = b + j0;
+        FN(epilogue) ep_j; /* ep for this block of columns, rows at i */
+        if (ep) {
+            ep_j = *ep;
+            if (ep_j.bias) ep_j.bias += j0;
+            ep_j.act_out += j0;
+        }
         int i = i0;
         switch (nv) {
         case 1: SMALL_ROWS(1, 12); break;
@@ -176,12 +233,12 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
  * a time, into a row-major buffer on the stack. */
 static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, int a_trans,
                                    const real *b, int ldb, int b_trans, int r0, int r1, int N,
-                                   int K)
+                                   int K, const FN(epilogue) *ep)
 {
     if (r1 <= r0 || N <= 0) return;
     ptrdiff_t a_rs = a_trans ? 1 : lda, a_ks = a_trans ? lda : 1;
     if (!b_trans) {
-        FN(small_rows)(out, ldo, a, a_rs, a_ks, b, ldb, r0, r1, N, K);
+        FN(small_rows)(out, ldo, a, a_rs, a_ks, b, ldb, r0, r1, N, K, ep);
         return;
     }
     real packed[SMALL_PACK_BYTES / sizeof(real)];
@@ -192,7 +249,14 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
             const real *bj = b + (ptrdiff_t)(j0 + j) * ldb;
             for (int k = 0; k < K; k++) packed[(ptrdiff_t)k * block + j] = bj[k];
         }
-        FN(small_rows)(out + j0, ldo, a, a_rs, a_ks, packed, block, r0, r1, cols, K);
+        FN(epilogue) ep_j; /* the epilogue of this block of columns */
+        if (ep) {
+            ep_j = *ep;
+            if (ep_j.bias) ep_j.bias += j0;
+            ep_j.act_out += j0;
+        }
+        FN(small_rows)(out + j0, ldo, a, a_rs, a_ks, packed, block, r0, r1, cols, K,
+                       ep ? &ep_j : NULL);
     }
 }
 
@@ -206,6 +270,11 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
 #undef VFMA
 #undef VSTORE
 #undef VSTORE_MASKED
+#undef VBLEND
+#undef VGT
+#undef VMAX
+#undef VMUL
+#undef VADD
 #endif /* FASTNN_SMALL_GEMM */
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -224,20 +293,50 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
 
-/* Rows [r0, r1) of the product, by the kernel or by one BLAS call. */
+/* Rows [r0, r1) of the product, by the kernel (with the epilogue ep, if any) or by one
+ * BLAS call (never given an epilogue). */
 static void FN(product_rows)(int small, real *out, int ldo, const real *a, int lda,
                              int a_trans, const real *b, int ldb, int b_trans, int r0, int r1,
-                             int N, int K, gemm_fn blas)
+                             int N, int K, gemm_fn blas, const FN(epilogue) *ep)
 {
 #if FASTNN_SMALL_GEMM
     if (small) {
-        FN(small_product_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K);
+        FN(small_product_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K, ep);
         return;
     }
 #else
-    (void)small;
+    (void)small, (void)ep;
 #endif
     FN(blas_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K, blas);
+}
+
+/* The product (M, N, K > 0) cut into row panels, each run by one thread. */
+static void FN(product_panels)(int small, real *out, int ldo, const real *a, int lda,
+                               int a_trans, const real *b, int ldb, int b_trans, int M, int N,
+                               int K, gemm_fn blas, const FN(epilogue) *ep, int nthreads)
+{
+    int panels = gemm_panels(M, 2.0 * M * N * K, small);
+    int nt = nthreads < panels ? nthreads : panels;
+    if (nt <= 1) {
+        unsigned int csr = fastnn_ftz_enter();
+        for (int p = 0; p < panels; p++) {
+            int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+            FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
+                             blas, ep);
+        }
+        fastnn_ftz_leave(csr);
+        return;
+    }
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int p = 0; p < panels; p++) {
+        /* FTZ/DAZ in whichever thread runs the panel (OpenMP workers keep the mode of the
+         * thread that created them), so every panel rounds subnormals alike. */
+        unsigned int csr = fastnn_ftz_enter();
+        int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+        FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
+                         blas, ep);
+        fastnn_ftz_leave(csr);
+    }
 }
 
 void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int a_trans,
@@ -250,29 +349,8 @@ void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int
             for (int j = 0; j < N; j++) out[(ptrdiff_t)i * ldo + j] = 0;
         return;
     }
-    int small = FN(use_small)(method, b_trans, M, N, K);
-    int panels = gemm_panels(M, 2.0 * M * N * K, small);
-    int nt = nthreads < panels ? nthreads : panels;
-    if (nt <= 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        for (int p = 0; p < panels; p++) {
-            int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
-            FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
-                             blas);
-        }
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int p = 0; p < panels; p++) {
-        /* FTZ/DAZ in whichever thread runs the panel (OpenMP workers keep the mode of the
-         * thread that created them), so every panel rounds subnormals alike. */
-        unsigned int csr = fastnn_ftz_enter();
-        int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
-        FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
-                         blas);
-        fastnn_ftz_leave(csr);
-    }
+    FN(product_panels)(FN(use_small)(method, b_trans, M, N, K), out, ldo, a, lda, a_trans, b,
+                       ldb, b_trans, M, N, K, blas, NULL, nthreads);
 }
 
 void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, int ldb,
@@ -280,6 +358,36 @@ void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const rea
 {
     FN(gemm_method)(GEMM_AUTO, out, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, blas,
                     nthreads);
+}
+
+int FN(gemm_bias_act)(real *z, real *act_out, int ldo, const real *a, int lda, int a_trans,
+                      const real *b, int ldb, int b_trans, int M, int N, int K,
+                      const real *bias, int act, real slope, int nthreads)
+{
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    if (act != ACT_LINEAR && act != ACT_RELU && act != ACT_LEAKY_RELU) return 0;
+    if (!FN(use_small)(GEMM_AUTO, b_trans, M, N, K)) return 0;
+    FN(epilogue) ep = {bias, act_out, act, slope};
+    FN(product_panels)(1, z, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, NULL, &ep,
+                       nthreads);
+    return 1;
+}
+
+int FN(gemm_column_sums)(real *out, const real *m, int rows, int cols)
+{
+#if FASTNN_SMALL_GEMM
+    if (!gemm_small_available() || rows <= 0 || cols <= 0) return 0;
+    /* ones (1 x rows) m: each column's sum is one FMA chain 1 * m[r] + sum over the rows
+     * in order, the same additions, in the same order, as a plain row-by-row sum */
+    const real one = 1;
+    unsigned int csr = fastnn_ftz_enter();
+    FN(small_rows)(out, cols, &one, 0, 0, m, cols, 0, 1, cols, rows, NULL);
+    fastnn_ftz_leave(csr);
+    return 1;
+#else
+    (void)out, (void)m, (void)rows, (void)cols;
+    return 0;
+#endif
 }
 
 #endif /* FASTNN_TEMPLATE */

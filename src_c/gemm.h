@@ -34,7 +34,18 @@ int gemm_small_available(void);
     /* The same product by the given method (GEMM_AUTO, GEMM_BLAS or GEMM_SMALL). */        \
     void gemm_method_##sfx(int method, real *out, int ldo, const real *a, int lda,          \
                            int a_trans, const real *b, int ldb, int b_trans, int M, int N,  \
-                           int K, gemm_t blas, int nthreads);
+                           int K, gemm_t blas, int nthreads);                               \
+    /* z = op(a) op(b) + bias (bias per column, may be NULL) and act_out = f(z) (rows ldo   \
+     * apart, may be z) for f = ACT_LINEAR, ACT_RELU or ACT_LEAKY_RELU(slope), added and    \
+     * applied in the kernel's registers before the tile is stored: the same values as     \
+     * gemm followed by a bias-and-activation pass. Returns 0, doing nothing, where the     \
+     * kernel does not take the product or f is another activation. */                     \
+    int gemm_bias_act_##sfx(real *z, real *act_out, int ldo, const real *a, int lda,        \
+                            int a_trans, const real *b, int ldb, int b_trans, int M, int N, \
+                            int K, const real *bias, int act, real slope, int nthreads);    \
+    /* out (cols) = the column sums of m (rows x cols), each summed over the rows in        \
+     * order, by the kernel; returns 0, doing nothing, where it does not run. */            \
+    int gemm_column_sums_##sfx(real *out, const real *m, int rows, int cols);
 
 FASTNN_DECLARE_GEMM(float, f32, sgemm_fn)
 FASTNN_DECLARE_GEMM(double, f64, dgemm_fn)
