@@ -36,7 +36,7 @@ int gemm_small_available(void)
  * split evenly, more for larger products. */
 static int gemm_panels(int rows, double flops, int small)
 {
-    double min_flops = small ? 3e5 : 1e6;
+    double min_flops = 1e6;
     int min_rows = small ? 16 : 32;
     if (flops < min_flops || rows < 2 * min_rows) return 1;
     int pairs = flops < 64e6 ? 1 : (flops < 256e6 ? 2 : 4);
