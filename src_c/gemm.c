@@ -187,17 +187,14 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
 /* Rows [i0, i1) of one block of NV vector columns (out_j, b_j: the block's first column):
  * tiles of MR rows (as many as the registers hold: MR * NV accumulators, NV b vectors and
  * one broadcast within 32), then tiles of 4 and 1 for the rest. */
+#define SMALL_TILE(MR_, NV_)                                                               \
+    FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j, ldb, K,   \
+                   (MR_), (NV_), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo)
 #define SMALL_ROWS(NV, MR)                                                                 \
     do {                                                                                   \
-        for (; i + (MR) <= i1; i += (MR))                                                  \
-            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, (MR), (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                      \
-        for (; i + 4 <= i1; i += 4)                                                        \
-            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, 4, (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                         \
-        for (; i < i1; i++)                                                                \
-            FN(small_tile)(out_j + (ptrdiff_t)i * ldo, ldo, a + i * a_rs, a_rs, a_ks, b_j,  \
-                           ldb, K, 1, (NV), last, ep ? &ep_j : NULL, (ptrdiff_t)i * ldo);                                         \
+        for (; i + (MR) <= i1; i += (MR)) SMALL_TILE(MR, NV);                              \
+        for (; i + 4 <= i1; i += 4) SMALL_TILE(4, NV);                                     \
+        for (; i < i1; i++) SMALL_TILE(1, NV);                                             \
     } while (0)
 
 /* Rows [i0, i1) of out (N columns) = op(a) b with b row-major (rows ldb apart), in
@@ -228,6 +225,7 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
     }
 }
 #undef SMALL_ROWS
+#undef SMALL_TILE
 
 /* Rows [r0, r1) of the product by the kernel. b^T is first packed, a block of columns at
  * a time, into a row-major buffer on the stack. */
@@ -288,7 +286,8 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
 {
     if (method == GEMM_BLAS || !gemm_small_available()) return 0;
     const int vlen = 64 / (int)sizeof(real);
-    if (b_trans && (ptrdiff_t)K * vlen > (ptrdiff_t)(SMALL_PACK_BYTES / sizeof(real))) return 0;
+    const ptrdiff_t pack = (ptrdiff_t)(SMALL_PACK_BYTES / sizeof(real));
+    if (b_trans && (ptrdiff_t)K * vlen > pack) return 0;
     if (method == GEMM_SMALL) return 1;
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
@@ -320,7 +319,8 @@ static void FN(product_panels)(int small, real *out, int ldo, const real *a, int
     if (nt <= 1) {
         unsigned int csr = fastnn_ftz_enter();
         for (int p = 0; p < panels; p++) {
-            int r0 = (int)((long long)M * p / panels), r1 = (int)((long long)M * (p + 1) / panels);
+            int r0 = (int)((long long)M * p / panels);
+            int r1 = (int)((long long)M * (p + 1) / panels);
             FN(product_rows)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K,
                              blas, ep);
         }
