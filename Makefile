@@ -19,7 +19,7 @@ SAN_FLAGS := -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-po
 # The tests that run compiled code (tests/test_leaks.py skips itself there: it measures
 # resident memory, which the sanitizers' shadow memory inflates on purpose).
 SAN_TESTS := tests/test_activations.py tests/test_dense.py tests/test_losses.py \
-	tests/test_optimizers.py tests/test_conv1d.py tests/test_network.py \
+	tests/test_optimizers.py tests/test_conv1d.py tests/test_gemm.py tests/test_network.py \
 	tests/test_models.py tests/test_conv_models.py tests/test_validation.py \
 	tests/test_training.py tests/test_saving.py tests/test_properties.py \
 	tests/test_concurrency.py tests/test_robustness.py tests/test_load_fuzz.py

@@ -2,6 +2,8 @@
  * including itself (real_begin.h explains the pattern). */
 #ifndef FASTNN_TEMPLATE
 #define FASTNN_TEMPLATE
+#include <stdlib.h>
+#include <string.h>
 #include "gemm.h"
 
 /* The small-product kernel needs GCC or clang on x86-64 (AVX-512 intrinsics in functions
@@ -19,10 +21,14 @@
 int gemm_small_available(void)
 {
 #if FASTNN_SMALL_GEMM
-    static int available = -1; /* a cache of a fact about the CPU, not of any state */
+    /* A fact about the CPU and the environment at first use, cached (not state that
+     * changes). FASTNN_SMALL_GEMM=0 sends every product to BLAS, e.g. to test that path
+     * on an AVX-512 machine. */
+    static int available = -1;
     if (available < 0) {
+        const char *env = getenv("FASTNN_SMALL_GEMM");
         __builtin_cpu_init();
-        available = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        available = __builtin_cpu_supports("avx512f") && !(env && strcmp(env, "0") == 0);
     }
     return available;
 #else

@@ -25,7 +25,8 @@
 
 enum { GEMM_AUTO = 0, GEMM_BLAS = 1, GEMM_SMALL = 2 };
 
-/* Whether this CPU runs the GEMM_SMALL kernel (otherwise GEMM_SMALL means GEMM_BLAS). */
+/* Whether this CPU runs the GEMM_SMALL kernel (otherwise GEMM_SMALL means GEMM_BLAS);
+ * the environment variable FASTNN_SMALL_GEMM=0, read at first use, turns it off. */
 int gemm_small_available(void);
 
 #define FASTNN_DECLARE_GEMM(real, sfx, gemm_t)                                              \

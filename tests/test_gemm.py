@@ -1,6 +1,10 @@
 """src_c/gemm.c through fastnn._kernels.gemm: fastnn's small-product kernel and the BLAS
 path, against the NumPy reference (fastnn.reference.gemm)."""
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -121,3 +125,81 @@ def test_bad_arguments():
         K.gemm(a, np.ones((4, 2), np.float32), method="fast")
     with pytest.raises(ValueError, match="out"):
         K.gemm(a, np.ones((4, 2), np.float32), out=np.empty((2, 3), np.float32))
+
+
+@needs_small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("act,slope", [("linear", 0.0), ("relu", 0.0), ("leaky_relu", 0.1),
+                                       ("leaky_relu", -0.5)])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_bias_activation_in_the_kernel_equals_a_separate_pass(act, slope, use_bias, dtype):
+    # dense_forward adds the bias and applies linear / relu / leaky relu in the kernel's
+    # registers (gemm_bias_act): bit for bit the kernel's product, then z + b, then f(z),
+    # NaN and infinities included.
+    rng = np.random.default_rng(zlib.crc32(repr((act, slope, use_bias)).encode()))
+    for m, n, k in [(1, 1, 1), (13, 25, 7), (32, 25, 400), (100, 75, 25), (7, 130, 3)]:
+        x = rng.standard_normal((m, k)).astype(dtype)
+        w = rng.standard_normal((k, n)).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype) if use_bias else None
+        if m > 3:
+            x[1, 0], x[2, 0] = np.nan, np.inf
+        z, a = K.dense_forward(x, w, b, K.ACTIVATIONS[act], slope=slope)
+        z_sep = K.gemm(x, w, method="small")
+        if use_bias:
+            z_sep = z_sep + b
+        with np.errstate(invalid="ignore"):
+            a_sep = {"linear": z_sep,
+                     "relu": np.where(z_sep > 0, z_sep, dtype(0)),
+                     "leaky_relu": np.where(z_sep > 0, z_sep, dtype(slope) * z_sep)}[act]
+        np.testing.assert_array_equal(z, z_sep)
+        np.testing.assert_array_equal(a, a_sep)
+
+
+@needs_small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bias_gradient_sums_rows_in_order(dtype):
+    # db is computed by the kernel as ones @ dz: the same additions, row after row, as a
+    # plain loop, so it equals that loop bit for bit.
+    rng = np.random.default_rng(5)
+    for rows, cols in [(1, 1), (2000, 25), (37, 70), (128, 256)]:
+        x = rng.standard_normal((rows, 3)).astype(dtype)
+        w = rng.standard_normal((3, cols)).astype(dtype)
+        dz = (rng.standard_normal((rows, cols)) * 10.0 ** rng.integers(-3, 4, (rows, 1)))
+        dz = dz.astype(dtype)
+        z, a = K.dense_forward(x, w, np.zeros(cols, dtype), K.ACTIVATIONS["linear"])
+        _, _, db = K.dense_backward(dz, z, a, x, w, K.ACTIVATIONS["linear"], need_dx=False)
+        expected = np.zeros(cols, dtype)
+        for row in dz:
+            expected = expected + row
+        np.testing.assert_array_equal(db, expected)
+
+
+def test_blas_path_when_the_kernel_is_turned_off():
+    # FASTNN_SMALL_GEMM=0 (or a CPU without AVX-512) sends every product to BLAS: dense
+    # layers and a whole fit still agree with the reference there.
+    script = textwrap.dedent("""
+        import numpy as np, fastnn
+        from fastnn import _kernels as K, reference as ref
+        assert not K.small_gemm_available()
+        rng = np.random.default_rng(0)
+        x, w, b = rng.standard_normal((32, 40)), rng.standard_normal((40, 25)), rng.standard_normal(25)
+        z, a = K.dense_forward(x, w, b, K.ACTIVATIONS["relu"])
+        z_ref, a_ref = ref.dense_forward(x, w, b, "relu")
+        np.testing.assert_allclose(a, a_ref, rtol=1e-10, atol=1e-12)
+        x = rng.standard_normal((200, 4)).astype(np.float32)
+        y = (x[:, 0] * x[:, 1] > 0).astype(np.float32)
+        model = fastnn.Sequential([fastnn.layers.Input((4,)),
+                                   fastnn.layers.Dense(16, activation="relu"),
+                                   fastnn.layers.Dense(1, activation="sigmoid")])
+        model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+        h = model.fit(x, y, epochs=60, batch_size=16, verbose=0, seed=0)
+        assert h.history["accuracy"][-1] > 0.9, h.history["accuracy"][-1]
+        print("ok")
+    """)
+    import fastnn
+    # run where the imported fastnn lives (the clone's in-place build or site-packages)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = dict(os.environ, FASTNN_SMALL_GEMM="0", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script], cwd=package_root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
