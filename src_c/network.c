@@ -42,10 +42,16 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
     }
 }
 
-/* Which per-layer buffers a layer needs of its own (the others alias a neighbour). */
+/* Which per-layer buffers a layer needs of its own (the others alias a neighbour). A
+ * dense or conv layer keeps z apart from a only when backward needs z: not for linear
+ * (a is z), nor for relu, whose derivative reads only the sign of z, and relu(z) > 0
+ * exactly when z > 0 (NaN included), so a serves as z: one buffer less to store. */
 static int has_kernel(const nn_layer *L) { return L->kind == LAYER_DENSE || L->kind == LAYER_CONV1D; }
 static int needs_zbuf(const nn_layer *L) { return has_kernel(L) || L->kind == LAYER_DROPOUT; }
-static int needs_abuf(const nn_layer *L) { return !has_kernel(L) || L->act != ACT_LINEAR; }
+static int needs_abuf(const nn_layer *L)
+{
+    return !has_kernel(L) || (L->act != ACT_LINEAR && L->act != ACT_RELU);
+}
 
 /* Scratch elements per sample (real-sized; argmax int32 fits in one). */
 static size_t scratch_per_sample(const nn_layer *L)

@@ -6,7 +6,7 @@
  * one batch size; it is allocated once and reused by every step.
  *
  * Per layer i (rows = samples of the batch, out_dim columns):
- *   dense:      z = a[i-1] w + b, a = f(z)            (a aliases z for linear)
+ *   dense:      z = a[i-1] w + b, a = f(z)            (a aliases z for linear and relu)
  *   activation: z aliases a[i-1], a = f(z)
  *   dropout:    z holds the scaled keep-mask, a = a[i-1] * z   (inference: a = a[i-1])
  *   conv1d:     z = im2col(a[i-1]) w + b, a = f(z); the layer's scratch holds im2col
