@@ -39,6 +39,11 @@ def make_data(n_samples, n_features=784, n_classes=10, seed=0, dtype="float32"):
 
 
 def load(dataset, n_samples, seed, dtype):
+    if dataset == "breast_cancer":  # scikit-learn's own tabular data, 569 x 30, 2 classes
+        from sklearn.datasets import load_breast_cancer
+        from sklearn.preprocessing import StandardScaler
+        x, y = load_breast_cancer(return_X_y=True)
+        return StandardScaler().fit_transform(x).astype(dtype), y
     if dataset == "digits":
         from sklearn.datasets import load_digits
         from sklearn.preprocessing import StandardScaler
@@ -76,6 +81,10 @@ def compare(n_samples=10000, seed=0, dataset="synthetic", dtype="float32", runs=
 
     def fit(name):
         est = makers[name]()
+        # Idle first, as the bench does before every timed run (bench/kernels.settle):
+        # the other side's BLAS or OpenMP worker threads spin for up to ~0.1 s after its
+        # fit and would take a core from this one.
+        time.sleep(0.15)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter
             start = time.perf_counter()

@@ -36,15 +36,19 @@ int gemm_small_available(void)
 #endif
 }
 
-/* Panel count, from the sizes only: 1 for products too small to share (a fork/join costs
- * about a microsecond; a BLAS call on a thin panel also loses efficiency, so BLAS panels
- * need more work and rows than the kernel's); otherwise an even count, so two threads
- * split evenly, more for larger products. */
+/* Panel count, from the sizes only. A fork/join costs about a microsecond, but the
+ * worker threads also keep spinning between forks, and on cores that share execution
+ * resources (SMT siblings, virtual CPUs) that spinning slows the serial work around the
+ * product: training small networks (hundreds of rows, a few MFLOP per product) measured
+ * slower on two threads than on one. So a product is split only when it is large (8
+ * MFLOP, ~80 us on one core), or long and medium-sized (256 rows and 1 MFLOP: the
+ * convolutions' im2col products); then into an even count of panels, so two threads
+ * split evenly, more for larger products. BLAS panels need at least 32 rows each. */
 static int gemm_panels(int rows, double flops, int small)
 {
-    double min_flops = 1e6;
     int min_rows = small ? 16 : 32;
-    if (flops < min_flops || rows < 2 * min_rows) return 1;
+    int worth_it = flops >= 8e6 || (flops >= 1e6 && rows >= 256);
+    if (!worth_it || rows < 2 * min_rows) return 1;
     int pairs = flops < 64e6 ? 1 : (flops < 256e6 ? 2 : 4);
     if (pairs > rows / (2 * min_rows)) pairs = rows / (2 * min_rows);
     return 2 * pairs;
