@@ -290,8 +290,9 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
 /* Whether the kernel can take the product (b^T must pack at least one vector of
  * columns) and, for GEMM_AUTO, whether it should. Measured on this project's shapes
  * (bench/kernels.py), the kernel matches or beats OpenBLAS's single-threaded sgemm
- * wherever a K x 64 block of b stays in the core's L2 cache (K up to ~2048); it has no
- * cache blocking over K, so longer inner dimensions and huge products go to BLAS. */
+ * wherever a K x 64 block of b stays in the core's L2 cache (K up to ~2048) and the
+ * output has at least 10 columns; it has no cache blocking over K, so longer inner
+ * dimensions and huge products go to BLAS. */
 static int FN(use_small)(int method, int b_trans, int M, int N, int K)
 {
     if (method == GEMM_BLAS || !gemm_small_available()) return 0;
@@ -299,6 +300,9 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
     const ptrdiff_t pack = (ptrdiff_t)(SMALL_PACK_BYTES / sizeof(real));
     if (b_trans && (ptrdiff_t)K * vlen > pack) return 0;
     if (method == GEMM_SMALL) return 1;
+    /* It vectorizes over the output columns: below 5/8 of a vector of them (10 floats,
+     * 5 doubles, e.g. a one-unit output layer) most lanes idle and BLAS is 2-4x faster. */
+    if (N < vlen * 5 / 8) return 0;
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
 
