@@ -107,6 +107,14 @@ static double FN(mean_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pr
                           1.0 / norm, nthreads) / norm;
 }
 
+/* e^x for x <= 0: the polynomial of activations.h in float (no library call, about
+ * 1e-7 relative), the library's exp in double. */
+#if FASTNN_DOUBLE
+#define EXP_NONPOSITIVE exp
+#else
+#define EXP_NONPOSITIVE exp_nonpositive_f32
+#endif
+
 static real FN(clip_prob)(real p)
 {
     const real lo = (real)PROB_EPS, hi = (real)1 - (real)PROB_EPS;
@@ -120,10 +128,16 @@ static double FN(bce_row)(real *g, const real *p, const real *y, int K, int from
     for (int j = 0; j < K; j++) {
         real t = y[j];
         if (from_logits) {
-            /* -y log sig(z) - (1-y) log(1-sig(z)) = max(z,0) - z y + log(1 + e^-|z|) */
+            /* -y log sig(z) - (1-y) log(1-sig(z)) = max(z,0) - z y + log(1 + e^-|z|);
+             * sig(z) = 1 / (1 + e^-|z|) for z >= 0, e^-|z| / (1 + e^-|z|) below: one
+             * exponential serves both */
             real z = p[j];
-            s += (double)((z > 0 ? z : (real)0) - z * t + LOG1P(EXP(-FABS(z))));
-            if (g) g[j] = (FN(sigmoid)(z) - t) * gscale;
+            real e = EXP_NONPOSITIVE(-FABS(z));
+            s += (double)((z > 0 ? z : (real)0) - z * t + LOG1P(e));
+            if (g) {
+                real inv = (real)1 / ((real)1 + e);
+                g[j] = ((z >= 0 ? inv : e * inv) - t) * gscale;
+            }
         } else {
             real pc = FN(clip_prob)(p[j]);
             s += -(double)(t * LOG(pc) + ((real)1 - t) * LOG((real)1 - pc));
@@ -159,14 +173,6 @@ double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
 {
     return FN(mean_loss)(FN(mse_row), grad, pred, y, K, weights, B, K, K, 0, nthreads);
 }
-
-/* e^x for x <= 0: the polynomial of activations.h in float (no library call, about
- * 1e-7 relative), the library's exp in double. */
-#if FASTNN_DOUBLE
-#define EXP_NONPOSITIVE exp
-#else
-#define EXP_NONPOSITIVE exp_nonpositive_f32
-#endif
 
 /* log sum_j e^z_j, max-subtracted so it is finite for any logits. Also returns the sum
  * of e^(z_j - max), and writes those terms to e when it is not NULL (the softmax that
