@@ -189,6 +189,8 @@ def activation_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, int act
 
 
 GEMM_METHODS = {"auto": GEMM_AUTO, "blas": GEMM_BLAS, "small": GEMM_SMALL}
+# Reads the CPU and FASTNN_SMALL_GEMM once, at import, before any thread can ask.
+gemm_small_available()
 
 
 def small_gemm_available():

@@ -21,9 +21,9 @@
 int gemm_small_available(void)
 {
 #if FASTNN_SMALL_GEMM
-    /* A fact about the CPU and the environment at first use, cached (not state that
-     * changes). FASTNN_SMALL_GEMM=0 sends every product to BLAS, e.g. to test that path
-     * on an AVX-512 machine. */
+    /* A fact about the CPU and the environment, cached at first use (the Cython module
+     * calls this at import, before any thread can). FASTNN_SMALL_GEMM=0 sends every
+     * product to BLAS, e.g. to test that path on an AVX-512 machine. */
     static int available = -1;
     if (available < 0) {
         const char *env = getenv("FASTNN_SMALL_GEMM");
