@@ -8,15 +8,19 @@
  * Two ways to compute it:
  * - GEMM_SMALL: fastnn's own register-blocked kernel (AVX-512, chosen at run time when
  *   the CPU has it). Each output element is one chain of fused multiply-adds over k in
- *   order. It wins where BLAS spends more time packing operands and dispatching than
- *   multiplying: few output columns, or few flops (small networks, convolutions, the
- *   one-sample predict). bench/kernels.py measures it against BLAS at those shapes.
- * - GEMM_BLAS: the Fortran BLAS sgemm/dgemm handed in by the Cython glue (scipy's).
+ *   order. On the products of small and medium networks (up to K = 1024) it matches or
+ *   beats OpenBLAS, which spends much of such products packing operands;
+ *   bench/kernels.py measures both at the shapes of the bench's workloads.
+ * - GEMM_BLAS: the Fortran BLAS sgemm/dgemm handed in by the Cython glue (scipy's), for
+ *   longer inner dimensions, huge products, outputs narrower than 10 columns, and CPUs
+ *   without AVX-512.
  * GEMM_AUTO picks by the sizes alone. Either way the M rows are cut into panels whose
  * boundaries depend only on the sizes, and each panel is computed by one thread (one
  * single-threaded BLAS call, or the kernel), so results are bit-identical whatever the
- * thread count. BLAS is never called from inside an OpenMP region by more threads than
- * fastnn was given, and the Python layer holds the BLAS' own threads at 1 meanwhile.
+ * thread count. A BLAS panel may thus run inside fastnn's OpenMP region: the Python
+ * layer holds the BLAS' own threads at 1 meanwhile, so threads never nest or
+ * oversubscribe, and a multi-threaded BLAS call (whose rounding depends on its thread
+ * count) is never made.
  */
 #ifndef FASTNN_GEMM_H
 #define FASTNN_GEMM_H
