@@ -18,12 +18,12 @@
  * integer n with the 1.5 * 2^23 trick, reduce r = x - n ln 2 (ln 2 split in two parts so
  * the product is exact), evaluate a degree-6 minimax polynomial for e^r on
  * |r| <= ln2 / 2 (relative error about 1e-7), and scale by 2^n through the exponent bits.
- * Arguments below -87.33 (where e^x leaves the normal floats) give 0, NaN gives NaN. */
+ * Arguments below -87.33 (where e^x leaves the normal floats) give 0, NaN gives NaN.
+ * Meant for x <= 0 (larger x would overflow the exponent bits). */
 static inline float exp_nonpositive_f32(float x)
 {
     const float shift = 12582912.0f; /* 1.5 * 2^23 */
-    /* NaN takes the clamp too, so the conversion to int below stays defined */
-    float xc = x > -87.33f ? x : -87.33f;
+    float xc = x < -87.33f ? -87.33f : x; /* NaN stays NaN through the polynomial */
     float n = (xc * 1.44269504088896341f + shift) - shift;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
@@ -34,12 +34,42 @@ static inline float exp_nonpositive_f32(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float e = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    float n_defined = n == n ? n : 0.0f; /* keeps the conversion to int defined for NaN */
+    int32_t bits = ((int32_t)n_defined + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return x > -87.33f ? e * scale : (x != x ? x : 0.0f); /* NaN stays NaN */
+    return x < -87.33f ? 0.0f : e * scale;
 }
 
+/* log(1 + e) for e in [0, 1] in float, written so that a loop of it vectorizes (the
+ * library's log1pf is a call per element): u = 1 + e rounded, c = e - (u - 1) its
+ * rounding error (exact), u = 2^k m with m in [sqrt(1/2), sqrt(2)], and
+ * log(1 + e) = k ln 2 + log(m) + c / u, log(m) = log(1 + f) by a degree-8 minimax
+ * polynomial in f = m - 1 (relative error about 1e-7, as for exp_nonpositive_f32). For
+ * e below 2^-24, u = 1 and the result is e itself; NaN gives NaN. */
+static inline float log1p_unit_f32(float e)
+{
+    float u = 1.0f + e;
+    float c = e - (u - 1.0f);
+    /* k = 1 above sqrt(2), else 0, as a float and a multiplier (not a branch), so that
+     * a loop of it and exp_nonpositive_f32 together still vectorizes */
+    float k = u > 1.41421356f ? 1.0f : 0.0f;
+    float m = u * (1.0f - 0.5f * k);
+    float f = m - 1.0f;
+    float z = f * f;
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    float y = f * z * p - 0.5f * z + c / u;
+    y += k * -2.12194440e-4f;
+    return (f + y) + k * 0.693359375f;
+}
 
 #define FASTNN_DECLARE_ACTIVATIONS(real, sfx)                                              \
     void activation_forward_##sfx(real *a, const real *z, int rows, int cols, int act,    \

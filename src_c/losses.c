@@ -29,16 +29,30 @@ typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
                                   int from_logits, real gscale);
 
 /* Row blocks [blk0, blk1) of batch_loss: each block's sum into block_sum. */
-static void FN(loss_blocks)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
-                            const real *y, int y_stride, const real *weights, int B, int K,
-                            int from_logits, double gscale, int blk0, int blk1,
-                            double *block_sum)
+static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
+                            const real *pred, const real *y, int y_stride,
+                            const real *weights, int B, int K, int from_logits,
+                            double gscale, int blk0, int blk1, double *block_sum)
 {
     real row_gscale = (real)gscale;
     for (int blk = blk0; blk < blk1; blk++) {
         ptrdiff_t r0 = (ptrdiff_t)B * blk / LOSS_BLOCKS;
         ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / LOSS_BLOCKS;
         double s = 0;
+        if (elementwise && !weights) {
+            /* An elementwise loss (targets laid out as pred) over the block's rows is
+             * the same loss over their values in one run: passed in chunks of a fixed
+             * size, so the row function's loops run long enough to vectorize. */
+            const ptrdiff_t chunk = 4096;
+            ptrdiff_t begin = r0 * K, end = r1 * K;
+            for (ptrdiff_t i = begin; i < end; i += chunk) {
+                int n = (int)(end - i < chunk ? end - i : chunk);
+                s += row_loss(grad ? grad + i : NULL, pred + i, y + i, n, from_logits,
+                              row_gscale);
+            }
+            block_sum[blk] = s;
+            continue;
+        }
         for (ptrdiff_t r = r0; r < r1; r++) {
             real *g = grad ? grad + r * K : NULL;
             if (weights) { /* the row's scale is rounded once, from the exact w / norm */
@@ -56,23 +70,24 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, real *grad, const real *pr
 /* Runs a row loss over the batch and returns the sum of the row losses, each times its
  * weight when weights is not NULL; y advances by y_stride per row. Each row's gradient
  * is scaled by gscale times its weight, rounded to real once per row. */
-static double FN(batch_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
-                             const real *y, int y_stride, const real *weights, int B, int K,
-                             int from_logits, double gscale, int nthreads)
+static double FN(batch_loss)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
+                             const real *pred, const real *y, int y_stride,
+                             const real *weights, int B, int K, int from_logits,
+                             double gscale, int nthreads)
 {
     double block_sum[LOSS_BLOCKS];
     int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
     if (nt == 1) {
         unsigned int csr = fastnn_ftz_enter();
-        FN(loss_blocks)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits, gscale,
-                        0, LOSS_BLOCKS, block_sum);
+        FN(loss_blocks)(row_loss, elementwise, grad, pred, y, y_stride, weights, B, K,
+                        from_logits, gscale, 0, LOSS_BLOCKS, block_sum);
         fastnn_ftz_leave(csr);
     } else {
         #pragma omp parallel for schedule(static) num_threads(nt)
         for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
             unsigned int csr = fastnn_ftz_enter();
-            FN(loss_blocks)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits,
-                            gscale, blk, blk + 1, block_sum);
+            FN(loss_blocks)(row_loss, elementwise, grad, pred, y, y_stride, weights, B, K,
+                            from_logits, gscale, blk, blk + 1, block_sum);
             fastnn_ftz_leave(csr);
         }
     }
@@ -92,9 +107,10 @@ double FN(batch_weight)(const real *weights, int B)
 /* The batch-mean loss of a row loss: the (weighted) sum of the rows' losses over
  * batch_weight * per_row_terms, where per_row_terms is how many terms a row's loss sums
  * (K for the elementwise losses, 1 for the categorical ones). */
-static double FN(mean_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pred,
-                            const real *y, int y_stride, const real *weights, int B, int K,
-                            int per_row_terms, int from_logits, int nthreads)
+static double FN(mean_loss)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
+                            const real *pred, const real *y, int y_stride,
+                            const real *weights, int B, int K, int per_row_terms,
+                            int from_logits, int nthreads)
 {
     if (B <= 0 || K <= 0) return 0;
     double total_weight = FN(batch_weight)(weights, B);
@@ -103,8 +119,8 @@ static double FN(mean_loss)(FN(row_loss_fn) row_loss, real *grad, const real *pr
         return NAN;
     }
     double norm = total_weight * per_row_terms;
-    return FN(batch_loss)(row_loss, grad, pred, y, y_stride, weights, B, K, from_logits,
-                          1.0 / norm, nthreads) / norm;
+    return FN(batch_loss)(row_loss, elementwise, grad, pred, y, y_stride, weights, B, K,
+                          from_logits, 1.0 / norm, nthreads) / norm;
 }
 
 /* e^x for x <= 0: the polynomial of activations.h in float (no library call, about
@@ -121,28 +137,56 @@ static real FN(clip_prob)(real p)
     return p < lo ? lo : (p > hi ? hi : p);
 }
 
+/* log(1 + e) for e in [0, 1]: the polynomial of activations.h in float, the library's
+ * log1p in double. */
+#if FASTNN_DOUBLE
+#define LOG1P_UNIT log1p
+#else
+#define LOG1P_UNIT log1p_unit_f32
+#endif
+
+/* Binary cross-entropy of logits z against targets t over K values:
+ *   -t log sig(z) - (1-t) log(1-sig(z)) = max(z,0) - z t + log(1 + e^-|z|),
+ * sig(z) = 1 / (1 + e^-|z|) for z >= 0 and e^-|z| / (1 + e^-|z|) below, so one
+ * exponential serves the loss and the gradient. The values go through a buffer in
+ * pieces: the loop that computes them vectorizes, the double sum keeps its order. */
+FASTNN_VECTORIZED
+static double FN(bce_logits)(real *g, const real *p, const real *y, int K, real gscale)
+{
+    real term[256];
+    double s = 0;
+    for (int j0 = 0; j0 < K; j0 += 256) {
+        int n = K - j0 < 256 ? K - j0 : 256;
+        const real *z = p + j0, *t = y + j0;
+        if (g) {
+            real *gj = g + j0;
+            for (int j = 0; j < n; j++) {
+                real e = EXP_NONPOSITIVE(-FABS(z[j]));
+                real inv = (real)1 / ((real)1 + e);
+                term[j] = (z[j] > 0 ? z[j] : (real)0) - z[j] * t[j] + LOG1P_UNIT(e);
+                gj[j] = ((z[j] >= 0 ? inv : e * inv) - t[j]) * gscale;
+            }
+        } else {
+            for (int j = 0; j < n; j++) {
+                real e = EXP_NONPOSITIVE(-FABS(z[j]));
+                term[j] = (z[j] > 0 ? z[j] : (real)0) - z[j] * t[j] + LOG1P_UNIT(e);
+            }
+        }
+        for (int j = 0; j < n; j++) s += (double)term[j];
+    }
+    return s;
+}
+
 static double FN(bce_row)(real *g, const real *p, const real *y, int K, int from_logits,
                           real gscale)
 {
+    if (from_logits) return FN(bce_logits)(g, p, y, K, gscale);
     double s = 0;
     for (int j = 0; j < K; j++) {
         real t = y[j];
-        if (from_logits) {
-            /* -y log sig(z) - (1-y) log(1-sig(z)) = max(z,0) - z y + log(1 + e^-|z|);
-             * sig(z) = 1 / (1 + e^-|z|) for z >= 0, e^-|z| / (1 + e^-|z|) below: one
-             * exponential serves both */
-            real z = p[j];
-            real e = EXP_NONPOSITIVE(-FABS(z));
-            s += (double)((z > 0 ? z : (real)0) - z * t + LOG1P(e));
-            if (g) {
-                real inv = (real)1 / ((real)1 + e);
-                g[j] = ((z >= 0 ? inv : e * inv) - t) * gscale;
-            }
-        } else {
-            real pc = FN(clip_prob)(p[j]);
-            s += -(double)(t * LOG(pc) + ((real)1 - t) * LOG((real)1 - pc));
-            if (g) g[j] = (pc == p[j]) ? (pc - t) / (pc * ((real)1 - pc)) * gscale : (real)0;
-        }
+        real pc = FN(clip_prob)(p[j]);
+        s += -(double)(t * LOG(pc) + ((real)1 - t) * LOG((real)1 - pc));
+        if (g) g[j] = (pc == p[j]) ? (pc - t) / (pc * ((real)1 - pc)) * gscale : (real)0;
     }
     return s;
 }
@@ -151,7 +195,7 @@ double FN(binary_crossentropy_loss)(real *grad, const real *pred, const real *y,
                                     const real *weights, int B, int K, int from_logits,
                                     int nthreads)
 {
-    return FN(mean_loss)(FN(bce_row), grad, pred, y, K, weights, B, K, K, from_logits,
+    return FN(mean_loss)(FN(bce_row), 1, grad, pred, y, K, weights, B, K, K, from_logits,
                          nthreads);
 }
 
@@ -171,7 +215,7 @@ static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from
 double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
                                    const real *weights, int B, int K, int nthreads)
 {
-    return FN(mean_loss)(FN(mse_row), grad, pred, y, K, weights, B, K, K, 0, nthreads);
+    return FN(mean_loss)(FN(mse_row), 1, grad, pred, y, K, weights, B, K, K, 0, nthreads);
 }
 
 /* log sum_j e^z_j, max-subtracted so it is finite for any logits. Also returns the sum
@@ -236,7 +280,7 @@ double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
                                                 const real *labels, const real *weights,
                                                 int B, int K, int from_logits, int nthreads)
 {
-    return FN(mean_loss)(FN(sparse_ce_row), grad, pred, labels, 1, weights, B, K, 1,
+    return FN(mean_loss)(FN(sparse_ce_row), 0, grad, pred, labels, 1, weights, B, K, 1,
                          from_logits, nthreads);
 }
 
@@ -284,7 +328,7 @@ double FN(categorical_crossentropy_loss)(real *grad, const real *pred, const rea
                                          const real *weights, int B, int K, int from_logits,
                                          int nthreads)
 {
-    return FN(mean_loss)(FN(ce_row), grad, pred, y, K, weights, B, K, 1, from_logits,
+    return FN(mean_loss)(FN(ce_row), 0, grad, pred, y, K, weights, B, K, 1, from_logits,
                          nthreads);
 }
 
@@ -358,4 +402,5 @@ double FN(metric_sum)(int metric, const real *pred, const real *y, const real *w
 }
 
 #undef EXP_NONPOSITIVE
+#undef LOG1P_UNIT
 #endif /* FASTNN_TEMPLATE */
