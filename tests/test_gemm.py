@@ -187,13 +187,14 @@ def test_blas_path_when_the_kernel_is_turned_off():
         z_ref, a_ref = ref.dense_forward(x, w, b, "relu")
         np.testing.assert_allclose(a, a_ref, rtol=1e-10, atol=1e-12)
         x = rng.standard_normal((200, 4)).astype(np.float32)
-        y = (x[:, 0] * x[:, 1] > 0).astype(np.float32)
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.float32)  # separable: any init learns it
+        fastnn.set_random_seed(0)
         model = fastnn.Sequential([fastnn.layers.Input((4,)),
                                    fastnn.layers.Dense(16, activation="relu"),
                                    fastnn.layers.Dense(1, activation="sigmoid")])
         model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-        h = model.fit(x, y, epochs=60, batch_size=16, verbose=0, seed=0)
-        assert h.history["accuracy"][-1] > 0.9, h.history["accuracy"][-1]
+        h = model.fit(x, y, epochs=40, batch_size=16, verbose=0, seed=0)
+        assert h.history["accuracy"][-1] > 0.95, h.history["accuracy"][-1]
         print("ok")
     """)
     import fastnn
