@@ -94,21 +94,8 @@ void FN(activation_forward_rows)(real *a, const real *z, ptrdiff_t r0, ptrdiff_t
 void FN(activation_forward)(real *a, const real *z, int rows, int cols, int act,
                             real slope, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(activation_forward_rows)(a, z, 0, rows, cols, act, slope);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t r0, r1;
-        fastnn_thread_range(rows, &r0, &r1);
-        FN(activation_forward_rows)(a, z, r0, r1, cols, act, slope);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)rows * cols, rows, nthreads,
+                       FN(activation_forward_rows)(a, z, begin, end, cols, act, slope));
 }
 
 FASTNN_VECTORIZED
@@ -155,21 +142,9 @@ void FN(activation_backward_rows)(real *dz, const real *da, const real *z, const
 void FN(activation_backward)(real *dz, const real *da, const real *z, const real *a,
                              int rows, int cols, int act, real slope, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(activation_backward_rows)(dz, da, z, a, 0, rows, cols, act, slope);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t r0, r1;
-        fastnn_thread_range(rows, &r0, &r1);
-        FN(activation_backward_rows)(dz, da, z, a, r0, r1, cols, act, slope);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)rows * cols, rows, nthreads,
+                       FN(activation_backward_rows)(dz, da, z, a, begin, end, cols, act,
+                                                    slope));
 }
 
 #endif /* FASTNN_TEMPLATE */

@@ -79,10 +79,10 @@ static inline void fastnn_ftz_leave(unsigned int saved)
 #endif
 }
 
-/* Whether a pass over `work` elements should fork threads. Kernels test the result and
- * call their serial body directly when it is 1: an OpenMP region, even one whose `if`
- * clause is false, sets up a team on every entry (about half a microsecond with libgomp),
- * and a small network enters dozens of regions per step. */
+/* Whether a pass over `work` elements should fork threads (FASTNN_SPLIT_RANGE below runs
+ * the pass directly on the caller when it should not: an OpenMP region, even one whose
+ * `if` clause is false, sets up a team on every entry, about half a microsecond with
+ * libgomp, and a small network enters dozens of regions per step). */
 static inline int fastnn_threads_for(ptrdiff_t work, int nthreads)
 {
     return (nthreads > 1 && work >= FASTNN_PARALLEL_MIN) ? nthreads : 1;
@@ -100,5 +100,35 @@ static inline void fastnn_thread_range(ptrdiff_t n, ptrdiff_t *begin, ptrdiff_t 
     *begin = n * tid / nth;
     *end = n * (tid + 1) / nth;
 }
+
+#ifdef _OPENMP
+#define FASTNN_OMP_PARALLEL_NT _Pragma("omp parallel num_threads(fastnn_nt_)")
+#else
+#define FASTNN_OMP_PARALLEL_NT /* without OpenMP the block runs once, over [0, n) */
+#endif
+
+/* Runs the call (an expression using `begin` and `end`) over [0, n) cut into contiguous
+ * parts, one per thread, each thread with FTZ/DAZ set; `work` (elements touched) decides
+ * the threads (fastnn_threads_for); with one, the call runs directly on the caller. */
+#define FASTNN_SPLIT_RANGE(work, n, nthreads, ...)                                         \
+    do {                                                                                   \
+        int fastnn_nt_ = fastnn_threads_for((work), (nthreads));                           \
+        ptrdiff_t fastnn_n_ = (n);                                                         \
+        if (fastnn_nt_ == 1) {                                                             \
+            unsigned int fastnn_csr_ = fastnn_ftz_enter();                                 \
+            ptrdiff_t begin = 0, end = fastnn_n_;                                          \
+            __VA_ARGS__;                                                                   \
+            fastnn_ftz_leave(fastnn_csr_);                                                 \
+        } else {                                                                           \
+            FASTNN_OMP_PARALLEL_NT                                                         \
+            {                                                                              \
+                unsigned int fastnn_csr_ = fastnn_ftz_enter();                             \
+                ptrdiff_t begin, end;                                                      \
+                fastnn_thread_range(fastnn_n_, &begin, &end);                              \
+                __VA_ARGS__;                                                               \
+                fastnn_ftz_leave(fastnn_csr_);                                             \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
 
 #endif

@@ -43,21 +43,9 @@ static void FN(conv1d_im2col_range)(real *cols, const real *x, int L, int C, int
 void FN(conv1d_im2col)(real *cols, const real *x, int B, int L, int C, int Lout, int K,
                        int stride, int pad_left, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * K * C, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(conv1d_im2col_range)(cols, x, L, C, Lout, K, stride, pad_left, 0, B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(conv1d_im2col_range)(cols, x, L, C, Lout, K, stride, pad_left, b0, b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * Lout * K * C, B, nthreads,
+                       FN(conv1d_im2col_range)(cols, x, L, C, Lout, K, stride, pad_left,
+                                               begin, end));
 }
 
 FASTNN_VECTORIZED
@@ -84,21 +72,9 @@ static void FN(conv1d_col2im_range)(real *dx, const real *dcols, int L, int C, i
 void FN(conv1d_col2im)(real *dx, const real *dcols, int B, int L, int C, int Lout, int K,
                        int stride, int pad_left, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * K * C, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(conv1d_col2im_range)(dx, dcols, L, C, Lout, K, stride, pad_left, 0, B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(conv1d_col2im_range)(dx, dcols, L, C, Lout, K, stride, pad_left, b0, b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * Lout * K * C, B, nthreads,
+                       FN(conv1d_col2im_range)(dx, dcols, L, C, Lout, K, stride, pad_left,
+                                               begin, end));
 }
 
 void FN(conv1d_forward)(real *z, real *a, real *cols, const real *x, const real *w,
@@ -156,25 +132,11 @@ static void FN(maxpool1d_forward_range)(real *out, int32_t *argmax, const real *
 void FN(maxpool1d_forward)(real *out, int32_t *argmax, const real *x, int B, int L, int C,
                            int Lout, int pool, int stride, int pad_left, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * Lout * C * pool, nthreads);
     /* FTZ/DAZ on every path: DAZ decides comparisons with subnormals, and every thread
      * must compare alike. */
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(maxpool1d_forward_range)(out, argmax, x, L, C, Lout, pool, stride, pad_left, 0,
-                                    B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(maxpool1d_forward_range)(out, argmax, x, L, C, Lout, pool, stride, pad_left, b0,
-                                    b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * Lout * C * pool, B, nthreads,
+                       FN(maxpool1d_forward_range)(out, argmax, x, L, C, Lout, pool, stride,
+                                                   pad_left, begin, end));
 }
 
 static void FN(maxpool1d_backward_range)(real *dx, const real *dout, const int32_t *argmax,
@@ -195,21 +157,8 @@ static void FN(maxpool1d_backward_range)(real *dx, const real *dout, const int32
 void FN(maxpool1d_backward)(real *dx, const real *dout, const int32_t *argmax, int B, int L,
                             int C, int Lout, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(maxpool1d_backward_range)(dx, dout, argmax, L, C, Lout, 0, B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(maxpool1d_backward_range)(dx, dout, argmax, L, C, Lout, b0, b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * L * C, B, nthreads,
+                       FN(maxpool1d_backward_range)(dx, dout, argmax, L, C, Lout, begin, end));
 }
 
 static void FN(global_avgpool1d_forward_range)(real *out, const real *x, int L, int C,
@@ -229,21 +178,8 @@ static void FN(global_avgpool1d_forward_range)(real *out, const real *x, int L, 
 
 void FN(global_avgpool1d_forward)(real *out, const real *x, int B, int L, int C, int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(global_avgpool1d_forward_range)(out, x, L, C, 0, B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(global_avgpool1d_forward_range)(out, x, L, C, b0, b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * L * C, B, nthreads,
+                       FN(global_avgpool1d_forward_range)(out, x, L, C, begin, end));
 }
 
 static void FN(global_avgpool1d_backward_range)(real *dx, const real *dout, int L, int C,
@@ -262,21 +198,8 @@ static void FN(global_avgpool1d_backward_range)(real *dx, const real *dout, int 
 void FN(global_avgpool1d_backward)(real *dx, const real *dout, int B, int L, int C,
                                    int nthreads)
 {
-    int nt = fastnn_threads_for((ptrdiff_t)B * L * C, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(global_avgpool1d_backward_range)(dx, dout, L, C, 0, B);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t b0, b1;
-        fastnn_thread_range(B, &b0, &b1);
-        FN(global_avgpool1d_backward_range)(dx, dout, L, C, b0, b1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * L * C, B, nthreads,
+                       FN(global_avgpool1d_backward_range)(dx, dout, L, C, begin, end));
 }
 
 #endif /* FASTNN_TEMPLATE */

@@ -49,21 +49,8 @@ void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const rea
         for (ptrdiff_t i = 0; i < (ptrdiff_t)B * OC; i++) z[i] = 0;
     }
 
-    int nt = fastnn_threads_for((ptrdiff_t)B * OC, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(bias_activation_rows)(z, a, b, 0, B, OC, act, slope);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t r0, r1;
-        fastnn_thread_range(B, &r0, &r1);
-        FN(bias_activation_rows)(z, a, b, r0, r1, OC, act, slope);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)B * OC, B, nthreads,
+                       FN(bias_activation_rows)(z, a, b, begin, end, OC, act, slope));
 }
 
 /* Columns [c0, c1) of the column sums, row by row, so the inner loop runs over contiguous
@@ -82,21 +69,8 @@ static void FN(column_sums_range)(real *out, const real *m, ptrdiff_t rows, ptrd
 void FN(column_sums)(real *out, const real *m, int rows, int cols, int nthreads)
 {
     if (FN(gemm_column_sums)(out, m, rows, cols)) return; /* the same sums, vectorized */
-    int nt = fastnn_threads_for((ptrdiff_t)rows * cols, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(column_sums_range)(out, m, rows, cols, 0, cols);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t c0, c1;
-        fastnn_thread_range(cols, &c0, &c1);
-        FN(column_sums_range)(out, m, rows, cols, c0, c1);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE((ptrdiff_t)rows * cols, cols, nthreads,
+                       FN(column_sums_range)(out, m, rows, cols, begin, end));
 }
 
 void FN(dense_backward)(real *dx, real *dw, real *db, real *dout, const real *z,

@@ -80,61 +80,22 @@ static void FN(rmsprop_range)(real *w, const real *g, real *v, real *mom, ptrdif
 void FN(sgd_update)(real *w, const real *g, real *velocity, ptrdiff_t n, real lr,
                     real momentum, int nesterov, int nthreads)
 {
-    int nt = fastnn_threads_for(n, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(sgd_range)(w, g, velocity, 0, n, lr, momentum, nesterov);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t i0, i1;
-        fastnn_thread_range(n, &i0, &i1);
-        FN(sgd_range)(w, g, velocity, i0, i1, lr, momentum, nesterov);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE(n, n, nthreads,
+                       FN(sgd_range)(w, g, velocity, begin, end, lr, momentum, nesterov));
 }
 
 void FN(adam_update)(real *w, const real *g, real *m, real *v, ptrdiff_t n, real lr_t,
                      real beta1, real beta2, real eps, int nthreads)
 {
-    int nt = fastnn_threads_for(n, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(adam_range)(w, g, m, v, 0, n, lr_t, beta1, beta2, eps);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t i0, i1;
-        fastnn_thread_range(n, &i0, &i1);
-        FN(adam_range)(w, g, m, v, i0, i1, lr_t, beta1, beta2, eps);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE(n, n, nthreads,
+                       FN(adam_range)(w, g, m, v, begin, end, lr_t, beta1, beta2, eps));
 }
 
 void FN(rmsprop_update)(real *w, const real *g, real *v, real *mom, ptrdiff_t n, real lr,
                         real rho, real momentum, real eps, int nthreads)
 {
-    int nt = fastnn_threads_for(n, nthreads);
-    if (nt == 1) {
-        unsigned int csr = fastnn_ftz_enter();
-        FN(rmsprop_range)(w, g, v, mom, 0, n, lr, rho, momentum, eps);
-        fastnn_ftz_leave(csr);
-        return;
-    }
-    #pragma omp parallel num_threads(nt)
-    {
-        unsigned int csr = fastnn_ftz_enter();
-        ptrdiff_t i0, i1;
-        fastnn_thread_range(n, &i0, &i1);
-        FN(rmsprop_range)(w, g, v, mom, i0, i1, lr, rho, momentum, eps);
-        fastnn_ftz_leave(csr);
-    }
+    FASTNN_SPLIT_RANGE(n, n, nthreads,
+                       FN(rmsprop_range)(w, g, v, mom, begin, end, lr, rho, momentum, eps));
 }
 
 #endif /* FASTNN_TEMPLATE */
