@@ -102,6 +102,8 @@ cdef extern from "network.h" nogil:
         int n_metrics
         int metrics[8]
         void *gemm
+        ptrdiff_t n_params
+        int max_parts
     ctypedef struct nn_optimizer:
         int kind
         double learning_rate, beta1, beta2, epsilon, rho, momentum
@@ -114,8 +116,9 @@ cdef extern from "network.h" nogil:
         ptrdiff_t n_params
     ctypedef struct nn_workspace:
         int batch
-    nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
+    nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
     void network_workspace_free(nn_workspace *ws)
+    int network_parts(const nn_model *m, int B)
     void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
     void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const float *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const double *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)

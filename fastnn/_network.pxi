@@ -48,6 +48,8 @@ cdef class Network:
         self.params, self.grads, self.dtype = params, grads, params.dtype
         self.model.is_double = params.dtype == np.float64
         self.model.gemm = gemm_for(self.model.is_double)
+        self.model.n_params = params.shape[0]
+        self.model.max_parts = 2
         self.model.n_layers = len(specs)
         self.model.layers = <nn_layer *>malloc(sizeof(nn_layer) * len(specs))
         if self.model.layers == NULL:
@@ -112,13 +114,33 @@ cdef class Network:
         self.slots = (slot1, slot2)
 
     @property
+    def max_parts(self):
+        """At most this many row parts per training step (1: never cut a batch)."""
+        return self.model.max_parts
+
+    @max_parts.setter
+    def max_parts(self, int value):
+        if value < 1:
+            raise ValueError(f"max_parts: expected a positive count, got {value}")
+        self.model.max_parts = value
+        network_workspace_free(self.ws)  # its parts and buffers follow the setting
+        self.ws = NULL
+
+    def parts(self, int batch):
+        """How many row parts a training step cuts a batch of this size into
+        (src_c/network.h: network_parts)."""
+        if batch < 1:
+            raise ValueError(f"batch: expected a positive size, got {batch}")
+        return network_parts(&self.model, batch)
+
+    @property
     def iterations(self):
         return self.opt.iterations
 
     cdef nn_workspace *_train_workspace(self, int batch, int y_width) except NULL:
         if self.ws == NULL or self.ws.batch != batch or self.ws_y_width != y_width:
             network_workspace_free(self.ws)
-            self.ws = network_workspace_new(&self.model, batch, y_width)
+            self.ws = network_workspace_new(&self.model, batch, y_width, 1)
             self.ws_y_width = y_width
             if self.ws == NULL:
                 raise MemoryError(f"cannot allocate buffers for batch size {batch}")
@@ -189,7 +211,7 @@ cdef class Network:
             ws, self.spare_ws = self.spare_ws, NULL
         with nogil:
             if ws == NULL:
-                ws = network_workspace_new(&self.model, batch, 1)
+                ws = network_workspace_new(&self.model, batch, 1, 0)
             if ws != NULL:
                 if self.model.is_double:
                     network_predict_f64(&self.model, ws, <double *>outp, <double *>xp, n, nthreads)
@@ -218,7 +240,7 @@ cdef class Network:
             sums[k] = 0
         batch = max(1, min(batch, n))
         with nogil:
-            ws = network_workspace_new(&self.model, batch, y_width)
+            ws = network_workspace_new(&self.model, batch, y_width, 0)
             if ws != NULL:
                 if self.model.is_double:
                     network_evaluate_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, n, &loss_sum, sums, nthreads)
@@ -242,7 +264,7 @@ cdef class Network:
         cdef nn_workspace *ws
         cdef double value = 0
         with nogil:
-            ws = network_workspace_new(&self.model, <int>n, y_width)
+            ws = network_workspace_new(&self.model, <int>n, y_width, 0)
             if ws != NULL:
                 if self.model.is_double:
                     value = network_loss_grad_f64(&self.model, ws, <double *>xp, <double *>yp, y_width, <double *>wp, <int>n, nthreads)

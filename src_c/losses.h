@@ -57,6 +57,14 @@ enum {
     /* One of the LOSS_* codes; y is labels for the sparse loss. */                         \
     double loss_##sfx(int loss, real *grad, const real *pred, const real *y,                \
                       const real *weights, int B, int K, int from_logits, int nthreads);    \
+    /* The loss of B rows that are part of a batch weighing batch_weight (>= 0, from     \
+     * batch_weight_* over the whole batch): their weighted loss sum over batch_weight    \
+     * (times the terms per row), and its gradient. The shares of a batch's parts add up  \
+     * to the batch's loss (up to rounding), and their gradients are its gradient rows.   \
+     * loss_* is the share of the whole batch. */                                          \
+    double loss_share_##sfx(int loss, real *grad, const real *pred, const real *y,         \
+                            const real *weights, int B, int K, int from_logits,            \
+                            double batch_weight, int nthreads);                            \
     /* What a batch of B rows weighs: B without weights, else the sum of the B weights      \
      * (in double, in row order). The losses normalize by this; network.c scales its L2     \
      * term by the same value. */                                                           \

@@ -64,7 +64,30 @@ static size_t scratch_per_sample(const nn_layer *L)
 #define ALIGN_BYTES 64
 static size_t aligned_size(size_t bytes) { return (bytes + ALIGN_BYTES - 1) / ALIGN_BYTES * ALIGN_BYTES; }
 
-nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
+/* The multiply-adds of a training step (forward, dW and dX of every kernel), times 2. */
+static double step_flops(const nn_model *m, int B)
+{
+    double flops = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const nn_layer *L = &m->layers[i];
+        if (L->kind == LAYER_DENSE)
+            flops += 6.0 * B * L->in_dim * L->out_dim;
+        else if (L->kind == LAYER_CONV1D)
+            flops += 6.0 * B * L->out_dim * L->kernel * L->channels_in;
+    }
+    return flops;
+}
+
+#define PART_MIN_ROWS 32
+
+int network_parts(const nn_model *m, int B)
+{
+    double flops = step_flops(m, B);
+    if (B < 2 * PART_MIN_ROWS || flops < 4e6 || flops < 1000.0 * (double)m->n_params) return 1;
+    return m->max_parts < 2 ? 1 : 2;
+}
+
+nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
 {
     size_t elem = m->is_double ? sizeof(double) : sizeof(float);
     int nl = m->n_layers;
@@ -73,6 +96,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
     if (!ws) return NULL;
     ws->batch = batch;
     ws->n_layers = nl;
+    ws->parts = training ? network_parts(m, batch) : 1;
     ws->zbuf = calloc((size_t)nl, sizeof(void *));
     ws->abuf = calloc((size_t)nl, sizeof(void *));
     ws->dbuf = calloc((size_t)nl, sizeof(void *));
@@ -92,6 +116,8 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
         total += layer_bytes * (size_t)(1 + needs_zbuf(&m->layers[i]) + needs_abuf(&m->layers[i]));
         total += aligned_size((size_t)batch * scratch_per_sample(&m->layers[i]) * elem);
     }
+    size_t part_grad_bytes = aligned_size((size_t)m->n_params * elem);
+    total += part_grad_bytes * (size_t)(ws->parts - 1);
     ws->block = malloc(total + ALIGN_BYTES);
     if (!ws->block) {
         network_workspace_free(ws);
@@ -123,6 +149,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width)
             p += aligned_size(scratch);
         }
     }
+    ws->part_grads = ws->parts > 1 ? p : NULL;
     return ws;
 }
 
@@ -157,80 +184,100 @@ static ptrdiff_t FN(kernel_size)(const nn_layer *L)
     return (ptrdiff_t)L->in_dim * L->out_dim;
 }
 
-/* Forward through every layer on B rows starting at x; sets ws->z, ws->a. Training mode
- * draws dropout masks from (seed, step). */
-static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int B,
+/* Forward through every layer for rows [r0, r0 + B) of the workspace's batch, whose
+ * input rows start at x; sets ws->z, ws->a to the whole batch's buffers (their first
+ * rows), which this call has filled for its rows. Training mode draws dropout masks from
+ * (seed, step). */
+static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
                         int training, uint64_t seed, uint64_t step, int nthreads)
 {
-    const real *in = x;
+    const real *in = x;                                         /* this part's rows */
+    const real *in_base = x - (ptrdiff_t)r0 * m->layers[0].in_dim; /* row 0's */
     for (int i = 0; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
-        real *z = ws->zbuf[i], *a = ws->abuf[i];
-        ptrdiff_t count = (ptrdiff_t)B * L->out_dim;
+        ptrdiff_t row0 = (ptrdiff_t)r0 * L->out_dim, count = (ptrdiff_t)B * L->out_dim;
+        real *z_base = ws->zbuf[i], *a_base = ws->abuf[i];
         switch (L->kind) {
         case LAYER_DENSE:
-            if (!a) a = z;
+        case LAYER_CONV1D:
+            if (!a_base) a_base = z_base;
+            break;
+        case LAYER_MAXPOOL1D:
+        case LAYER_GLOBAL_AVGPOOL1D:
+            z_base = NULL;
+            break;
+        case LAYER_ACTIVATION:
+            z_base = (real *)in_base;
+            break;
+        default: /* LAYER_DROPOUT */
+            if (!training || L->rate <= 0) {
+                z_base = NULL;
+                a_base = (real *)in_base;
+            }
+            break;
+        }
+        real *z = z_base ? z_base + row0 : NULL, *a = a_base + row0;
+        switch (L->kind) {
+        case LAYER_DENSE:
             FN(dense_forward)(z, a, in, L->w, L->b, B, L->in_dim, L->out_dim, L->act,
                               (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
         case LAYER_CONV1D:
-            if (!a) a = z;
-            FN(conv1d_forward)(z, a, ws->sbuf[i], in, L->w, L->b, B, L->steps_in,
-                               L->channels_in, L->steps_out, L->out_dim / L->steps_out,
-                               L->kernel, L->stride, L->pad_left, L->act, (real)L->slope,
-                               (gemm_fn)m->gemm, nthreads);
+            FN(conv1d_forward)(z, a, (real *)ws->sbuf[i] + (ptrdiff_t)r0 * scratch_per_sample(L),
+                               in, L->w, L->b, B, L->steps_in, L->channels_in, L->steps_out,
+                               L->out_dim / L->steps_out, L->kernel, L->stride, L->pad_left,
+                               L->act, (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
         case LAYER_MAXPOOL1D:
-            z = NULL;
-            FN(maxpool1d_forward)(a, ws->sbuf[i], in, B, L->steps_in, L->channels_in,
-                                  L->steps_out, L->kernel, L->stride, L->pad_left, nthreads);
+            FN(maxpool1d_forward)(a, (int32_t *)ws->sbuf[i] + row0, in, B, L->steps_in,
+                                  L->channels_in, L->steps_out, L->kernel, L->stride,
+                                  L->pad_left, nthreads);
             break;
         case LAYER_GLOBAL_AVGPOOL1D:
-            z = NULL;
             FN(global_avgpool1d_forward)(a, in, B, L->steps_in, L->channels_in, nthreads);
             break;
         case LAYER_ACTIVATION:
-            z = (real *)in;
             FN(activation_forward)(a, z, B * L->steps_in, L->channels_in, L->act,
                                    (real)L->slope, nthreads);
             break;
         default: /* LAYER_DROPOUT */
-            if (!training || L->rate <= 0) {
-                z = NULL;
-                a = (real *)in;
-                break;
-            }
+            if (!z) break; /* inference: a is the input */
             {
                 real keep_scale = (real)(1.0 / (1.0 - L->rate));
                 uint64_t layer_seed = seed + 0x632BE59BD9B4E019ull * (uint64_t)(i + 1);
                 for (ptrdiff_t k = 0; k < count; k++) {
-                    z[k] = hash_uniform(layer_seed, step, (uint64_t)k) >= L->rate ? keep_scale
-                                                                                  : (real)0;
+                    /* the mask of element k of the whole batch, whichever part runs it */
+                    z[k] = hash_uniform(layer_seed, step, (uint64_t)(row0 + k)) >= L->rate
+                               ? keep_scale
+                               : (real)0;
                     a[k] = in[k] * z[k];
                 }
             }
             break;
         }
-        ws->z[i] = z;
-        ws->a[i] = a;
+        ws->z[i] = z_base;
+        ws->a[i] = a_base;
         in = a;
+        in_base = a_base;
     }
 }
 
-/* The loss of the forward pass just run, on B rows of targets y with their sample
- * weights (NULL: unweighted) that weigh batch_weight in all (B when unweighted); writes
- * dL/d(output) (or dL/dz of the last layer when fused) into the last layer's d buffer if
- * grad. */
+/* The loss of rows [r0, r0 + B) of the forward pass just run, as their share of a batch
+ * weighing batch_weight (losses.h: loss_share), on their targets y and sample weights
+ * (NULL: unweighted); writes their rows of dL/d(output) (or dL/dz of the last layer when
+ * fused) into the last layer's d buffer if grad. add_l2: add the L2 term of the
+ * parameters (once per batch). */
 static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y,
-                              const real *weights, double batch_weight, int B, int grad,
-                              int nthreads)
+                              const real *weights, double batch_weight, int r0, int B,
+                              int grad, int add_l2, int nthreads)
 {
     int last = m->n_layers - 1;
     int K = m->layers[last].out_dim;
-    const real *pred = m->fused ? ws->z[last] : ws->a[last];
-    real *g = grad ? (real *)ws->dbuf[last] : NULL;
-    double value = FN(loss)(m->loss, g, pred, y, weights, B, K, m->fused ? 1 : m->from_logits,
-                            nthreads);
+    ptrdiff_t row0 = (ptrdiff_t)r0 * K;
+    const real *pred = (m->fused ? (const real *)ws->z[last] : (const real *)ws->a[last]) + row0;
+    real *g = grad ? (real *)ws->dbuf[last] + row0 : NULL;
+    double value = FN(loss_share)(m->loss, g, pred, y, weights, B, K,
+                                  m->fused ? 1 : m->from_logits, batch_weight, nthreads);
     if (m->loss_scale != 1.0) {
         value *= m->loss_scale;
         if (g) {
@@ -238,6 +285,7 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
             for (ptrdiff_t i = 0; i < (ptrdiff_t)B * K; i++) g[i] *= scale;
         }
     }
+    if (!add_l2) return value;
     /* scikit-learn's L2 term: 0.5 l2 ||w||^2 / batch_weight per kernel (its _backprop
      * divides by sample_weight.sum(), which is B without weights) */
     for (int i = 0; i < m->n_layers; i++) {
@@ -252,26 +300,31 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
     return value;
 }
 
-/* Adds the batch's metric sums; weighted, each is its weighted mean times B, on the
- * footing of the loss (which training adds times B), so that the two can be combined. */
+/* Adds the metric sums of rows [r0, r0 + B) of a batch of batch_rows rows; weighted,
+ * each is its weighted mean times batch_rows, on the footing of the loss (which training
+ * adds times the batch's rows), so that the two can be combined. */
 static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y,
-                            const real *weights, double batch_weight, int B,
-                            double *metric_sums)
+                            const real *weights, double batch_weight, int r0, int B,
+                            int batch_rows, double *metric_sums)
 {
     int last = m->n_layers - 1;
     int K = m->layers[last].out_dim;
+    const real *pred = (const real *)ws->a[last] + (ptrdiff_t)r0 * K;
     for (int k = 0; k < m->n_metrics; k++) {
-        double sum = FN(metric_sum)(m->metrics[k], ws->a[last], y, weights, B, K,
-                                    m->from_logits);
-        metric_sums[k] += weights ? sum * (B / batch_weight) : sum;
+        double sum = FN(metric_sum)(m->metrics[k], pred, y, weights, B, K, m->from_logits);
+        metric_sums[k] += weights ? sum * (batch_rows / batch_weight) : sum;
     }
 }
 
-/* Backward from the last layer's d buffer (filled by output_loss) into the gradient
- * buffer; batch_weight as for output_loss. Layers before the first one with parameters
- * need no backward pass. */
-static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int B,
-                         double batch_weight, int nthreads)
+/* Backward for rows [r0, r0 + B) of the batch (input rows at x) from the last layer's d
+ * buffer (filled by output_loss) into the model's gradient buffer, or, when grads is not
+ * NULL, into the buffer grads laid out as the model's own (model_grads, which the
+ * layers' dw and db point into); batch_weight as for
+ * output_loss; add_l2: add the L2 term's gradient (once per batch). Layers before the
+ * first one with parameters need no backward pass. */
+static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
+                         double batch_weight, real *grads, const real *model_grads,
+                         int add_l2, int nthreads)
 {
     int first_param = m->n_layers;
     for (int i = 0; i < m->n_layers; i++) {
@@ -282,74 +335,86 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
     }
     for (int i = m->n_layers - 1; i >= first_param; i--) {
         const nn_layer *L = &m->layers[i];
-        real *d = ws->dbuf[i];
-        real *d_in = (i > first_param) ? (real *)ws->dbuf[i - 1] : NULL;
-        const real *in = (i > 0) ? (const real *)ws->a[i - 1] : x;
+        ptrdiff_t row0 = (ptrdiff_t)r0 * L->out_dim, row0_in = (ptrdiff_t)r0 * L->in_dim;
+        real *d = (real *)ws->dbuf[i] + row0;
+        real *d_in = (i > first_param) ? (real *)ws->dbuf[i - 1] + row0_in : NULL;
+        const real *in = (i > 0) ? (const real *)ws->a[i - 1] + row0_in : x;
+        real *z = ws->z[i] ? (real *)ws->z[i] + row0 : NULL;
+        real *a = (real *)ws->a[i] + row0;
+        real *dw = L->dw, *db = L->db;
+        if (grads && dw) dw = grads + ((const real *)L->dw - model_grads);
+        if (grads && db) db = grads + ((const real *)L->db - model_grads);
         int act = (m->fused && i == m->n_layers - 1) ? ACT_LINEAR : L->act;
         ptrdiff_t count = (ptrdiff_t)B * L->out_dim;
         switch (L->kind) {
         case LAYER_DENSE:
-            FN(dense_backward)(d_in, L->dw, L->db, d, ws->z[i], ws->a[i], in, L->w, B,
-                               L->in_dim, L->out_dim, act, (real)L->slope, (gemm_fn)m->gemm,
-                               nthreads);
+            FN(dense_backward)(d_in, dw, db, d, z, a, in, L->w, B, L->in_dim, L->out_dim, act,
+                               (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
-        case LAYER_CONV1D:
-            FN(conv1d_backward)(d_in, L->dw, L->db, d, ws->sbuf[i], ws->sbuf[i], ws->z[i],
-                                ws->a[i], L->w, B, L->steps_in, L->channels_in, L->steps_out,
-                                L->out_dim / L->steps_out, L->kernel, L->stride, L->pad_left,
-                                act, (real)L->slope, (gemm_fn)m->gemm, nthreads);
+        case LAYER_CONV1D: {
+            real *cols = (real *)ws->sbuf[i] + (ptrdiff_t)r0 * scratch_per_sample(L);
+            FN(conv1d_backward)(d_in, dw, db, d, cols, cols, z, a, L->w, B, L->steps_in,
+                                L->channels_in, L->steps_out, L->out_dim / L->steps_out,
+                                L->kernel, L->stride, L->pad_left, act, (real)L->slope,
+                                (gemm_fn)m->gemm, nthreads);
             break;
+        }
         case LAYER_MAXPOOL1D:
-            FN(maxpool1d_backward)(d_in, d, ws->sbuf[i], B, L->steps_in, L->channels_in,
-                                   L->steps_out, nthreads);
+            FN(maxpool1d_backward)(d_in, d, (const int32_t *)ws->sbuf[i] + row0, B,
+                                   L->steps_in, L->channels_in, L->steps_out, nthreads);
             break;
         case LAYER_GLOBAL_AVGPOOL1D:
             FN(global_avgpool1d_backward)(d_in, d, B, L->steps_in, L->channels_in, nthreads);
             break;
         case LAYER_ACTIVATION:
-            FN(activation_backward)(d_in, d, ws->z[i], ws->a[i], B * L->steps_in,
-                                    L->channels_in, act, (real)L->slope, nthreads);
+            FN(activation_backward)(d_in, d, z, a, B * L->steps_in, L->channels_in, act,
+                                    (real)L->slope, nthreads);
             break;
-        default: { /* LAYER_DROPOUT: a = in * mask */
-            const real *mask = ws->z[i];
-            for (ptrdiff_t k = 0; k < count; k++) d_in[k] = mask ? d[k] * mask[k] : d[k];
+        default: /* LAYER_DROPOUT: a = in * mask */
+            for (ptrdiff_t k = 0; k < count; k++) d_in[k] = z ? d[k] * z[k] : d[k];
             break;
         }
-        }
-        if (L->l2_per_batch > 0 && L->w) {
+        if (add_l2 && L->l2_per_batch > 0 && L->w) {
             /* + 0.5 l2 ||w||^2 / batch_weight  =>  dw += l2 w / batch_weight */
             real c = (real)(L->l2_per_batch / batch_weight);
-            real *dw = L->dw;
             const real *w = L->w;
-            ptrdiff_t n = FN(kernel_size)(L);
-            for (ptrdiff_t k = 0; k < n; k++) dw[k] += c * w[k];
+            ptrdiff_t nk = FN(kernel_size)(L);
+            for (ptrdiff_t k = 0; k < nk; k++) dw[k] += c * w[k];
         }
+    }
+}
+
+/* The update of parameters [p0, p1) by the optimizer's rule, as step number t. */
+static void FN(optimizer_update)(const nn_optimizer *opt, long long t, ptrdiff_t p0,
+                                 ptrdiff_t p1, int nthreads)
+{
+    real *w = (real *)opt->params + p0;
+    const real *g = (const real *)opt->grads + p0;
+    real *s1 = (real *)opt->slot1 + p0, *s2 = (real *)opt->slot2 + p0;
+    ptrdiff_t n = p1 - p0;
+    if (n <= 0) return;
+    switch (opt->kind) {
+    case OPT_ADAM: {
+        double lr_t = adam_corrected_rate(opt->learning_rate, opt->beta1, opt->beta2, t);
+        FN(adam_update)(w, g, s1, s2, n, (real)lr_t, (real)opt->beta1, (real)opt->beta2,
+                        (real)opt->epsilon, nthreads);
+        break;
+    }
+    case OPT_RMSPROP:
+        FN(rmsprop_update)(w, g, s1, s2, n, (real)opt->learning_rate, (real)opt->rho,
+                           (real)opt->momentum, (real)opt->epsilon, nthreads);
+        break;
+    default: /* OPT_SGD */
+        FN(sgd_update)(w, g, s1, n, (real)opt->learning_rate, (real)opt->momentum,
+                       opt->nesterov, nthreads);
+        break;
     }
 }
 
 static void FN(optimizer_step)(nn_optimizer *opt, int nthreads)
 {
-    real *w = opt->params;
-    const real *g = opt->grads;
     opt->iterations += 1;
-    switch (opt->kind) {
-    case OPT_ADAM: {
-        double lr_t = adam_corrected_rate(opt->learning_rate, opt->beta1, opt->beta2,
-                                          opt->iterations);
-        FN(adam_update)(w, g, opt->slot1, opt->slot2, opt->n_params, (real)lr_t,
-                        (real)opt->beta1, (real)opt->beta2, (real)opt->epsilon, nthreads);
-        break;
-    }
-    case OPT_RMSPROP:
-        FN(rmsprop_update)(w, g, opt->slot1, opt->slot2, opt->n_params,
-                           (real)opt->learning_rate, (real)opt->rho, (real)opt->momentum,
-                           (real)opt->epsilon, nthreads);
-        break;
-    default: /* OPT_SGD */
-        FN(sgd_update)(w, g, opt->slot1, opt->n_params, (real)opt->learning_rate,
-                       (real)opt->momentum, opt->nesterov, nthreads);
-        break;
-    }
+    FN(optimizer_update)(opt, opt->iterations, 0, opt->n_params, nthreads);
 }
 
 /* Asks the cache for the rows of x that the next step gathers. The rows are scattered
@@ -369,38 +434,148 @@ static void FN(prefetch_rows)(const real *x, int in_dim, const int64_t *rows, pt
 #endif
 }
 
+/* Copies rows [p0, p1) of the step's batch (rows order[r0 + p0 ...] of x, y, weights)
+ * into the workspace, and asks the cache for the same part of the next step's rows. */
+static void FN(gather_rows)(nn_workspace *ws, int in_dim, const real *x, const real *y,
+                            int y_width, const real *weights, const int64_t *order,
+                            ptrdiff_t n, ptrdiff_t r0, int p0, int p1)
+{
+    real *xb = ws->xb, *yb = ws->yb, *wb = ws->wb;
+    for (int r = p0; r < p1; r++) {
+        int64_t src = order[r0 + r];
+        memcpy(xb + (ptrdiff_t)r * in_dim, x + src * in_dim, sizeof(real) * (size_t)in_dim);
+        memcpy(yb + (ptrdiff_t)r * y_width, y + src * y_width, sizeof(real) * (size_t)y_width);
+        if (weights) wb[r] = weights[src];
+    }
+    ptrdiff_t next0 = r0 + ws->batch + p0, next1 = r0 + ws->batch + p1;
+    if (next1 > n) next1 = n;
+    if (next0 < next1) FN(prefetch_rows)(x, in_dim, order + next0, next1 - next0);
+}
+
+/* network_train for a workspace whose batches are cut into parts (network_parts): one
+ * OpenMP region for all the steps. In each step, every thread runs the forward, loss and
+ * backward of its parts (part c into gradient buffer c); after a barrier each thread
+ * adds the parts' gradients over its own range of parameters, in part order, and
+ * updates that range; a second barrier ends the step. The parts and the sums are the
+ * same on any number of threads, so the results are too. */
+static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
+                               const real *x, const real *y, int y_width,
+                               const real *weights, const int64_t *order, ptrdiff_t n,
+                               ptrdiff_t step_begin, ptrdiff_t step_end,
+                               uint64_t dropout_seed, double *loss_sum, double *metric_sums,
+                               int nthreads)
+{
+    enum { MAX_PARTS = 2 };
+    double part_loss[MAX_PARTS], part_metrics[MAX_PARTS][NN_MAX_METRICS];
+    int in_dim = m->layers[0].in_dim;
+    real *model_grads = opt->grads;
+    ptrdiff_t n_params = opt->n_params;
+    long long start_iterations = opt->iterations, taken = 0;
+    int nt = nthreads < ws->parts ? nthreads : ws->parts;
+    if (nt < 1) nt = 1;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(nt) reduction(max: taken)
+#endif
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        int tid = 0, T = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        long long t = start_iterations;
+        for (ptrdiff_t step = step_begin; step < step_end; step++) {
+            ptrdiff_t r0 = step * ws->batch;
+            ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
+            int B = (int)(r1 - r0);
+            if (B <= 0) break;
+            /* every thread computes the batch's weight alike, in row order */
+            double batch_weight = B;
+            if (weights) {
+                batch_weight = 0;
+                for (ptrdiff_t r = r0; r < r1; r++) batch_weight += (double)weights[order[r]];
+            }
+            if (batch_weight == 0 || isnan(batch_weight)) {
+                /* no weighted mean to descend: a step would write NaN into every
+                 * parameter (every thread skips it alike) */
+                if (tid == 0) *loss_sum += NAN;
+                continue;
+            }
+            int parts = network_parts(m, B);
+            if (parts > ws->parts) parts = ws->parts;
+            for (int c = tid; c < parts; c += T) {
+                int p0 = (int)((long long)B * c / parts), p1 = (int)((long long)B * (c + 1) / parts);
+                const real *xp = (const real *)ws->xb + (ptrdiff_t)p0 * in_dim;
+                const real *yp = (const real *)ws->yb + (ptrdiff_t)p0 * y_width;
+                const real *wp = weights ? (const real *)ws->wb + p0 : NULL;
+                real *grads = c == 0 ? model_grads
+                                     : (real *)ws->part_grads + (ptrdiff_t)(c - 1) * n_params;
+                FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
+                FN(forward)(m, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1);
+                part_loss[c] = FN(output_loss)(m, ws, yp, wp, batch_weight, p0, p1 - p0, 1,
+                                               c == 0, 1);
+                for (int k = 0; k < m->n_metrics; k++) part_metrics[c][k] = 0;
+                FN(add_metrics)(m, ws, yp, wp, batch_weight, p0, p1 - p0, B, part_metrics[c]);
+                FN(backward)(m, ws, xp, p0, p1 - p0, batch_weight, grads, model_grads, c == 0,
+                             1);
+            }
+#ifdef _OPENMP
+            #pragma omp barrier
+#endif
+            t += 1;
+            ptrdiff_t q0 = n_params * tid / T, q1 = n_params * (tid + 1) / T;
+            for (int c = 1; c < parts; c++) {
+                const real *gc = (const real *)ws->part_grads + (ptrdiff_t)(c - 1) * n_params;
+                for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] += gc[q];
+            }
+            FN(optimizer_update)(opt, t, q0, q1, 1);
+            if (tid == 0) {
+                double s = 0;
+                for (int c = 0; c < parts; c++) s += part_loss[c];
+                *loss_sum += s * B;
+                for (int k = 0; k < m->n_metrics; k++)
+                    for (int c = 0; c < parts; c++) metric_sums[k] += part_metrics[c][k];
+            }
+#ifdef _OPENMP
+            #pragma omp barrier
+#endif
+        }
+        taken = t - start_iterations;
+        fastnn_ftz_leave(csr);
+    }
+    opt->iterations = start_iterations + taken;
+}
+
 void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                        const real *x, const real *y, int y_width, const real *weights,
                        const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,
                        ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum,
                        double *metric_sums, int nthreads)
 {
+    if (ws->parts > 1) {
+        FN(train_in_parts)(m, opt, ws, x, y, y_width, weights, order, n, step_begin,
+                           step_end, dropout_seed, loss_sum, metric_sums, nthreads);
+        return;
+    }
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim;
-    real *xb = ws->xb, *yb = ws->yb;
     real *wb = weights ? (real *)ws->wb : NULL;
     for (ptrdiff_t step = step_begin; step < step_end; step++) {
         ptrdiff_t r0 = step * ws->batch;
         ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
         int B = (int)(r1 - r0);
         if (B <= 0) break;
-        for (int r = 0; r < B; r++) {
-            int64_t src = order[r0 + r];
-            memcpy(xb + (ptrdiff_t)r * in_dim, x + src * in_dim, sizeof(real) * (size_t)in_dim);
-            memcpy(yb + (ptrdiff_t)r * y_width, y + src * y_width, sizeof(real) * (size_t)y_width);
-            if (wb) wb[r] = weights[src];
-        }
+        FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, 0, B);
         double batch_weight = FN(batch_weight)(wb, B);
         if (batch_weight == 0 || isnan(batch_weight)) {
             /* no weighted mean to descend: a step would write NaN into every parameter */
             *loss_sum += NAN;
             continue;
         }
-        FN(prefetch_rows)(x, in_dim, order + r1, (r1 + ws->batch < n ? r1 + ws->batch : n) - r1);
-        FN(forward)(m, ws, xb, B, 1, dropout_seed, (uint64_t)step, nthreads);
-        *loss_sum += FN(output_loss)(m, ws, yb, wb, batch_weight, B, 1, nthreads) * B;
-        FN(add_metrics)(m, ws, yb, wb, batch_weight, B, metric_sums);
-        FN(backward)(m, ws, xb, B, batch_weight, nthreads);
+        FN(forward)(m, ws, ws->xb, 0, B, 1, dropout_seed, (uint64_t)step, nthreads);
+        *loss_sum += FN(output_loss)(m, ws, ws->yb, wb, batch_weight, 0, B, 1, 1, nthreads) * B;
+        FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, metric_sums);
+        FN(backward)(m, ws, ws->xb, 0, B, batch_weight, NULL, NULL, 1, nthreads);
         FN(optimizer_step)(opt, nthreads);
     }
     fastnn_ftz_leave(csr);
@@ -433,7 +608,7 @@ void FN(network_predict)(const nn_model *m, nn_workspace *ws, real *out, const r
     int in_dim = m->layers[0].in_dim, out_dim = m->layers[m->n_layers - 1].out_dim;
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
         int B = (int)(n - r0 < ws->batch ? n - r0 : ws->batch);
-        FN(forward)(m, ws, x + r0 * in_dim, B, 0, 0, 0, nthreads);
+        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, nthreads);
         memcpy(out + r0 * out_dim, ws->a[m->n_layers - 1],
                sizeof(real) * (size_t)B * (size_t)out_dim);
     }
@@ -449,9 +624,9 @@ void FN(network_evaluate)(const nn_model *m, nn_workspace *ws, const real *x, co
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
         int B = (int)(n - r0 < ws->batch ? n - r0 : ws->batch);
         const real *yr = y + r0 * y_width;
-        FN(forward)(m, ws, x + r0 * in_dim, B, 0, 0, 0, nthreads);
-        *loss_sum += FN(output_loss)(m, ws, yr, NULL, B, B, 0, nthreads) * B;
-        FN(add_metrics)(m, ws, yr, NULL, B, B, metric_sums);
+        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, nthreads);
+        *loss_sum += FN(output_loss)(m, ws, yr, NULL, B, 0, B, 0, 1, nthreads) * B;
+        FN(add_metrics)(m, ws, yr, NULL, B, 0, B, B, metric_sums);
     }
     fastnn_ftz_leave(csr);
 }
@@ -464,9 +639,9 @@ double FN(network_loss_grad)(const nn_model *m, nn_workspace *ws, const real *x,
     unsigned int csr = fastnn_ftz_enter();
     int B = rows < ws->batch ? rows : ws->batch;
     double batch_weight = FN(batch_weight)(weights, B);
-    FN(forward)(m, ws, x, B, 0, 0, 0, nthreads);
-    double loss = FN(output_loss)(m, ws, y, weights, batch_weight, B, 1, nthreads);
-    FN(backward)(m, ws, x, B, batch_weight, nthreads);
+    FN(forward)(m, ws, x, 0, B, 0, 0, 0, nthreads);
+    double loss = FN(output_loss)(m, ws, y, weights, batch_weight, 0, B, 1, 1, nthreads);
+    FN(backward)(m, ws, x, 0, B, batch_weight, NULL, NULL, 1, nthreads);
     fastnn_ftz_leave(csr);
     return loss;
 }

@@ -20,7 +20,8 @@
  * from z by its logits form, and the backward starts from dL/dz = p - y (model->fused).
  *
  * Training splits an epoch into steps; network_train_* runs steps [step_begin, step_end)
- * so Python can report progress between calls.
+ * so Python can report progress between calls. A step's batch may be cut into row
+ * parts run in parallel (network_parts).
  * Sample weights (optional, one per row of x) are gathered with the batch rows; the loss
  * is then the batch's weighted mean (losses.h), and the batch's weight, the sum of its
  * rows' weights, takes the place of its row count in the L2 term, as in scikit-learn. Results depend only on the seeds, never on
@@ -70,6 +71,8 @@ typedef struct {
     int n_metrics;
     int metrics[NN_MAX_METRICS]; /* METRIC_* */
     void *gemm;         /* sgemm_fn or dgemm_fn */
+    ptrdiff_t n_params; /* elements of the parameter (and gradient) buffer */
+    int max_parts;      /* at most this many parts per training step (network_parts) */
 } nn_model;
 
 typedef struct {
@@ -90,10 +93,24 @@ typedef struct {
     void **zbuf, **abuf, **dbuf; /* per-layer storage (NULL where a layer aliases) */
     void **sbuf;        /* per-layer scratch: im2col (conv1d), argmax (maxpool1d) */
     void **z, **a;      /* per-layer pointers used by the last forward pass */
+    int parts;          /* training: row parts of a full batch (network_parts) */
+    void *part_grads;   /* gradient buffers of parts 1.. (part 0 uses the model's) */
 } nn_workspace;
 
-/* NULL when out of memory. y_width: targets per sample (1 for sparse labels). */
-nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width);
+/* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:
+ * whether the workspace will train (it then holds the parts' gradient buffers). */
+nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training);
+
+/* How many parts a training step cuts a batch of B rows into. Each part (a contiguous
+ * range of rows) runs its forward, loss and backward on one thread into a gradient
+ * buffer of its own; the buffers are then added in part order and the optimizer updates
+ * the parameters, split over the threads: one fork per call and two barriers per step,
+ * where splitting each product instead forks and joins a dozen times per step. The count
+ * depends on the sizes only, never on the threads, so the results do not either: 2 for
+ * steps of 4 MFLOP or more whose work is large beside the parameter count (the gradient
+ * sum costs one pass over the parameters per extra part), 1 otherwise (one part: every
+ * kernel splits its own work), and never more than m->max_parts. */
+int network_parts(const nn_model *m, int B);
 void network_workspace_free(nn_workspace *ws);
 
 /* order[0..n) = a permutation of 0..n-1 drawn from seed (Fisher-Yates, splitmix64). */

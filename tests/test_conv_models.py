@@ -399,3 +399,45 @@ def test_conv_model_learns_sine_vs_square():
     model.fit(x, y, epochs=25, batch_size=32, verbose=0, seed=0)
     loss, accuracy = model.evaluate(x_test, y_test)
     assert accuracy > 0.95, (loss, accuracy)
+
+
+# ---- training steps cut into row parts (src_c/network.h: network_parts) ------------------
+
+def mnist1d_like(dtype, pooling):
+    head = [MaxPooling1D(2, padding="same")] if pooling == "max" else []
+    tail = [GlobalAveragePooling1D()] if pooling == "average" else [Flatten()]
+    return Sequential([Input((40, 1)),
+                       Conv1D(25, 5, strides=2, padding="same", activation="relu"), *head,
+                       Conv1D(25, 3, strides=2, padding="same", activation="relu"),
+                       Conv1D(25, 3, strides=1, padding="valid", activation="tanh"), *tail,
+                       Dense(10)], dtype=dtype)
+
+
+@pytest.mark.parametrize("pooling", ["max", "average", None])
+def test_conv_parts_match_one_part_and_threads(pooling):
+    """Batches of 100 through a conv stack are cut in 2 parts: the weights after a few
+    steps equal those of one-part steps up to rounding, and are the same bits on 1 and 2
+    threads."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 40))
+    y = rng.integers(0, 10, 400)
+    init, results = None, {}
+    for max_parts, nt in ((1, 1), (2, 1), (2, 2)):
+        model = mnist1d_like("float64", pooling)
+        if init is None:
+            init = [rng.standard_normal(w.shape) * 0.3 for w in model.get_weights()]
+        model.set_weights(init)
+        model.compile(optimizer=fastnn.optimizers.SGD(0.05, momentum=0.5),
+                      loss=fastnn.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model._network.max_parts = max_parts
+        assert model._network.parts(100) == max_parts
+        with fastnn.num_threads(nt):
+            history = model.fit(x[:, :, None], y, batch_size=100, epochs=2, seed=1, verbose=0)
+        results[max_parts, nt] = (model.get_weights(), history.history)
+    for got, want in zip(results[2, 1][0], results[1, 1][0]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(results[2, 1][1]["loss"], results[1, 1][1]["loss"], rtol=1e-12)
+    assert results[2, 1][1]["accuracy"] == results[1, 1][1]["accuracy"]
+    assert results[2, 2][1] == results[2, 1][1]
+    assert all(np.array_equal(a, b) for a, b in zip(results[2, 2][0], results[2, 1][0]))

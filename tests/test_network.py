@@ -666,3 +666,118 @@ def test_shuffle_is_a_seeded_permutation():
     K.shuffle(c, 12346)
     assert not np.array_equal(a, c)
     K.shuffle(np.empty(0, dtype=np.int64), 1)  # empty: no crash
+
+
+# ---- training steps cut into row parts (network.h: network_parts) ----------------------
+
+PART_OPTIMIZERS = {"sgd_momentum": ((0, 0.1, 0, 0, 0, 0, 0.9), {"name": "sgd", "learning_rate": 0.1,
+                                                           "momentum": 0.9}),
+              "adam": ((1, 0.01, 0.9, 0.999, 1e-7, 0, 0), {"name": "adam", "learning_rate": 0.01}),
+              "rmsprop_momentum": ((2, 0.01, 0, 0, 1e-7, 0.9, 0.5),
+                                   {"name": "rmsprop", "learning_rate": 0.01, "rho": 0.9,
+                                    "momentum": 0.5})}
+
+
+def test_parts_policy():
+    rng = np.random.default_rng(5)
+    layers, x, y = big_problem(rng)
+    net, params, _ = network_from_layers(layers)
+    # 6 * 300 * 33667 multiply-adds against 33667 parameters: cut in 2
+    assert net.parts(300) == 2 and net.parts(150) == 1 and net.parts(63) == 1
+    small, _, _ = network_from_layers([(rng.standard_normal((4, 3)), None, "linear", 0.0)])
+    assert small.parts(1000) == 1  # below 4 MFLOP a step
+    with pytest.raises(ValueError, match="batch"):
+        net.parts(0)
+
+
+@pytest.mark.parametrize("opt", sorted(PART_OPTIMIZERS))
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+def test_parts_steps_match_reference(opt, weighted, l2):
+    """Two full-batch steps, each cut into 2 parts (gradients summed, L2 once): the
+    reference's whole-batch loss, metric and parameters, on 1 and 2 threads."""
+    rng = np.random.default_rng(seed_of(opt, weighted, l2, "parts"))
+    layers, x, y = big_problem(rng)
+    weights = rng.uniform(0, 2, size=len(x)) if weighted else None
+    code, spec = PART_OPTIMIZERS[opt]
+    expected, state, cur = [], None, layers
+    for _ in range(2):
+        value, grads = ref.network_loss_and_grads(cur, x, y.ravel().astype(int), SPARSE,
+                                                  weights=weights, l2=l2)
+        new_weights, state = ref.optimizer_step(ref.network_weights(cur), grads, spec, state)
+        cur = ref.network_with_weights(cur, new_weights)
+        expected.append(value)
+    pred = ref.network_forward(layers, x)[-1][2]
+    hits = (np.argmax(pred, axis=1) == y.ravel()).astype(float)
+    accuracy = np.sum(hits * weights) / np.sum(weights) * len(x) if weighted else hits.sum()
+    for nt in (1, 2):
+        net, params, grads = network_from_layers(layers, l2=l2)
+        assert net.parts(len(x)) == 2
+        net.set_loss(K.LOSSES[SPARSE], False, True, [K.METRICS["sparse_categorical_accuracy"]])
+        net.set_optimizer(*code, False, 0, np.zeros_like(params), np.zeros_like(params))
+        order = np.arange(len(x), dtype=np.int64)
+        for step in range(2):
+            loss_sum, metric_sums = net.train(x, y, order, 0, 1, len(x), 0, nt, weights=weights)
+            assert loss_sum / len(x) == pytest.approx(expected[step], rel=1e-12)
+            if step == 0:
+                assert metric_sums[0] == pytest.approx(accuracy, rel=1e-12)
+        assert net.iterations == 2
+        for got, want in zip(unflatten(params, layers), ref.network_weights(cur)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_parts_float32_match_reference():
+    rng = np.random.default_rng(seed_of("parts-f32"))
+    layers, x, y = big_problem(rng)
+    value, grads = ref.network_loss_and_grads(layers, x, y.ravel().astype(int), SPARSE)
+    net, params, _ = network_from_layers(layers, dtype=np.float32)
+    net.set_loss(K.LOSSES[SPARSE], False, True)
+    net.set_optimizer(0, 1.0, 0, 0, 0, 0, 0.0, False, 0, np.zeros_like(params),
+                      np.zeros_like(params))
+    before = params.astype(np.float64)
+    loss_sum, _ = net.train(x.astype(np.float32), y.astype(np.float32),
+                            np.arange(len(x), dtype=np.int64), 0, 1, len(x), 0, 2)
+    assert loss_sum / len(x) == pytest.approx(value, rel=1e-5)
+    got = before - params.astype(np.float64)  # SGD with learning rate 1: the gradient
+    want = np.concatenate([g.ravel() for g in grads])
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5 * np.max(np.abs(want)))
+
+
+def test_parts_zero_weight_batch_takes_no_step():
+    rng = np.random.default_rng(seed_of("parts-zero"))
+    layers, x, y = big_problem(rng, n=600)
+    weights = np.ones(len(x))
+    weights[300:] = 0.0  # the second batch of 300 weighs nothing
+    for nt in (1, 2):
+        net, params, _ = network_from_layers(layers)
+        net.set_loss(K.LOSSES[SPARSE], False, True)
+        net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-7, 0, 0, False, 0, np.zeros_like(params),
+                          np.zeros_like(params))
+        order = np.arange(len(x), dtype=np.int64)
+        loss_sum, _ = net.train(x, y, order, 0, 2, 300, 0, nt, weights=weights)
+        assert np.isnan(loss_sum) and net.iterations == 1 and np.all(np.isfinite(params))
+
+
+@pytest.mark.parametrize("dropout", [None, (0, 0.3)])
+def test_parts_match_one_part(dropout):
+    """Cut in 2 parts, a batch gives the gradient of the same batch in one part (the
+    network's max_parts set to 1), up to rounding, dropout masks included: each mask is
+    drawn per element of the whole batch, whichever part computes it."""
+    rng = np.random.default_rng(seed_of("parts-vs-one", dropout))
+    layers, x, y = big_problem(rng)
+    deltas, losses = {}, {}
+    for max_parts in (1, 2):
+        net, params, _ = network_from_layers(layers, dropout=dropout)
+        net.max_parts = max_parts
+        assert net.parts(300) == max_parts
+        net.set_loss(K.LOSSES[SPARSE], False, True)
+        net.set_optimizer(0, 1.0, 0, 0, 0, 0, 0.0, False, 0, np.zeros_like(params),
+                          np.zeros_like(params))
+        before = params.copy()
+        losses[max_parts], _ = net.train(x, y, np.arange(300, dtype=np.int64), 0, 1, 300, 11, 2)
+        deltas[max_parts] = before - params  # SGD with learning rate 1: the gradient
+    assert losses[2] == pytest.approx(losses[1], rel=1e-13)
+    np.testing.assert_allclose(deltas[2], deltas[1], rtol=1e-10,
+                               atol=1e-13 * np.max(np.abs(deltas[1])))
+    with pytest.raises(ValueError, match="max_parts"):
+        net.max_parts = 0
