@@ -9,8 +9,19 @@
 
 /* Keras' epsilon for clipping probabilities. */
 #define PROB_EPS 1e-7
-/* Row blocks per loss pass: fixed, so the sum order never depends on the threads. */
+/* Row blocks per loss pass, at most 64, their count depending on the sizes only, so that
+ * the sum order never depends on the threads. With one value per row, a block's sum is
+ * the same chain of additions however many rows it holds, so blocks hold 4096 rows (a
+ * small batch is one pass of the row function, not one call per row); with K values
+ * per row, a block is a row (up to 64 blocks), which keeps a row's values summed on
+ * their own (what weighted rows need: unit weights give the unweighted sum bit for bit). */
 #define LOSS_BLOCKS 64
+static int loss_block_count(int B, int K)
+{
+    long long blocks = K == 1 ? ((long long)B + 4095) / 4096 : B;
+    if (blocks > LOSS_BLOCKS) blocks = LOSS_BLOCKS;
+    return blocks < 1 ? 1 : (int)blocks;
+}
 
 #define FASTNN_DOUBLE 0
 #include "real_begin.h"
@@ -32,12 +43,12 @@ typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
 static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
                             const real *pred, const real *y, int y_stride,
                             const real *weights, int B, int K, int from_logits,
-                            double gscale, int blk0, int blk1, double *block_sum)
+                            double gscale, int blocks, int blk0, int blk1, double *block_sum)
 {
     real row_gscale = (real)gscale;
     for (int blk = blk0; blk < blk1; blk++) {
-        ptrdiff_t r0 = (ptrdiff_t)B * blk / LOSS_BLOCKS;
-        ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / LOSS_BLOCKS;
+        ptrdiff_t r0 = (ptrdiff_t)B * blk / blocks;
+        ptrdiff_t r1 = (ptrdiff_t)B * (blk + 1) / blocks;
         double s = 0;
         if (elementwise && !weights) {
             /* An elementwise loss (targets laid out as pred) over the block's rows is
@@ -76,23 +87,24 @@ static double FN(batch_loss)(FN(row_loss_fn) row_loss, int elementwise, real *gr
                              double gscale, int nthreads)
 {
     double block_sum[LOSS_BLOCKS];
+    int blocks = loss_block_count(B, K);
     int nt = fastnn_threads_for((ptrdiff_t)B * K, nthreads);
     if (nt == 1) {
         unsigned int csr = fastnn_ftz_enter();
         FN(loss_blocks)(row_loss, elementwise, grad, pred, y, y_stride, weights, B, K,
-                        from_logits, gscale, 0, LOSS_BLOCKS, block_sum);
+                        from_logits, gscale, blocks, 0, blocks, block_sum);
         fastnn_ftz_leave(csr);
     } else {
         #pragma omp parallel for schedule(static) num_threads(nt)
-        for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
+        for (int blk = 0; blk < blocks; blk++) {
             unsigned int csr = fastnn_ftz_enter();
             FN(loss_blocks)(row_loss, elementwise, grad, pred, y, y_stride, weights, B, K,
-                            from_logits, gscale, blk, blk + 1, block_sum);
+                            from_logits, gscale, blocks, blk, blk + 1, block_sum);
             fastnn_ftz_leave(csr);
         }
     }
     double total = 0;
-    for (int blk = 0; blk < LOSS_BLOCKS; blk++) total += block_sum[blk];
+    for (int blk = 0; blk < blocks; blk++) total += block_sum[blk];
     return total;
 }
 

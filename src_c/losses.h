@@ -18,8 +18,9 @@
  * from_logits=False is trained by passing its logits here with from_logits=1.
  * A class id outside [0, K) (the Python layer rejects those first) gives a NaN loss and
  * never an out-of-bounds read.
- * Threads: the batch is cut into a fixed number of row blocks, whatever the thread count;
- * block sums are added in order, so the result does not depend on the thread count.
+ * Threads: the batch is cut into at most 64 row blocks, their count depending on the
+ * sizes only; block sums are added in order, so the result does not depend
+ * on the thread count.
  */
 #ifndef FASTNN_LOSSES_H
 #define FASTNN_LOSSES_H
