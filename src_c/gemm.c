@@ -237,6 +237,71 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
 #undef SMALL_ROWS
 #undef SMALL_TILE
 
+#if !FASTNN_DOUBLE
+/* Transposes 16 x 16 floats in registers: r[i] holds row i before, column i after.
+ * Unpacks interleave rows in pairs (32-bit) and quads (64-bit) within each 128-bit lane,
+ * leaving r[4q + c] with quad q's values of columns c, c + 4, c + 8, c + 12 in lanes
+ * 0-3; two rounds of 128-bit lane shuffles then gather each column's four quads. */
+SMALL_INLINE void transpose_16x16_f32(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int q = 0; q < 4; q++) {
+        __m512d lo = _mm512_castps_pd(t[4 * q]), lo2 = _mm512_castps_pd(t[4 * q + 2]);
+        __m512d hi = _mm512_castps_pd(t[4 * q + 1]), hi2 = _mm512_castps_pd(t[4 * q + 3]);
+        r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
+        r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
+        r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
+        r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
+    }
+    for (int c = 0; c < 4; c++) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+        r[c + 8] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+        r[c + 4] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+        r[c + 12] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+    }
+}
+
+/* out (M x N) = a^T b, for a (K x M) and b (K x N) row-major, computed as its transpose
+ * t = b^T a (N x M) and then transposed: the kernel vectorizes over t's M columns instead
+ * of out's N, which fills its vectors where N is a poor fit (the weight gradient x^T dz
+ * of a layer of 25 units fills 25 of 32 lanes; over its 400 inputs, all). Each t[j][i]
+ * is the FMA chain over k of b[k][j] a[k][i], the products and additions of out[i][j]
+ * in small_rows, so the result has the same bits. t lives on the stack (FLIP_BYTES),
+ * and is transposed in blocks of 16 x 16. */
+#define FLIP_BYTES 65536
+SMALL_TARGET static void small_flipped_f32(float *out, int ldo, const float *a, int lda,
+                                           const float *b, int ldb, int M, int N, int K)
+{
+    int ldt = (M + 15) / 16 * 16;
+    float t[FLIP_BYTES / sizeof(float)] __attribute__((aligned(64)));
+    small_rows_f32(t, ldt, b, 1, ldb, a, lda, 0, N, M, K, NULL);
+    for (int jb = 0; jb < N; jb += 16) {
+        int rows = N - jb < 16 ? N - jb : 16;
+        __mmask16 lanes = (__mmask16)((1u << rows) - 1u);
+        for (int ib = 0; ib < M; ib += 16) {
+            __m512 r[16];
+            for (int j = 0; j < 16; j++)
+                r[j] = j < rows ? _mm512_load_ps(t + (ptrdiff_t)(jb + j) * ldt + ib)
+                                : _mm512_setzero_ps();
+            transpose_16x16_f32(r);
+            int cols = M - ib < 16 ? M - ib : 16;
+            for (int i = 0; i < cols; i++)
+                _mm512_mask_storeu_ps(out + (ptrdiff_t)(ib + i) * ldo + jb, lanes, r[i]);
+        }
+    }
+}
+#endif
+
 /* Rows [r0, r1) of the product by the kernel. b^T is first packed, a block of columns at
  * a time, into a row-major buffer on the stack. */
 static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, int a_trans,
@@ -306,6 +371,22 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
 
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+/* Whether out = a^T b (float) is better computed flipped (small_flipped): when that fills
+ * the kernel's vectors better over M than over N, the product is one panel (one that
+ * splits over threads keeps its row panels), and its transpose fits FLIP_BYTES. */
+static int flip_pays_f32(int a_trans, int b_trans, int M, int N, int K)
+{
+    if (!a_trans || b_trans || N < 2) return 0;
+    int ldt = (M + 15) / 16 * 16;
+    if ((size_t)ldt * (size_t)N * sizeof(float) > FLIP_BYTES) return 0;
+    if (gemm_panels(M, 2.0 * M * N * K, 1) > 1) return 0;
+    double direct = (double)N / ((N + 15) / 16 * 16);
+    double flipped = (double)M / ldt;
+    return flipped > 1.1 * direct;
+}
+#endif
+
 /* Rows [r0, r1) of the product, by the kernel (with the epilogue ep, if any) or by one
  * BLAS call (never given an epilogue). */
 static void FN(product_rows)(int small, real *out, int ldo, const real *a, int lda,
@@ -363,8 +444,17 @@ void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int
             for (int j = 0; j < N; j++) out[(ptrdiff_t)i * ldo + j] = 0;
         return;
     }
-    FN(product_panels)(FN(use_small)(method, b_trans, M, N, K), out, ldo, a, lda, a_trans, b,
-                       ldb, b_trans, M, N, K, blas, NULL, nthreads);
+    int small = FN(use_small)(method, b_trans, M, N, K);
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+    if (small && method == GEMM_AUTO && flip_pays_f32(a_trans, b_trans, M, N, K)) {
+        unsigned int csr = fastnn_ftz_enter();
+        small_flipped_f32(out, ldo, a, lda, b, ldb, M, N, K);
+        fastnn_ftz_leave(csr);
+        return;
+    }
+#endif
+    FN(product_panels)(small, out, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, blas, NULL,
+                       nthreads);
 }
 
 void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, int ldb,

@@ -14,6 +14,10 @@
  * - GEMM_BLAS: the Fortran BLAS sgemm/dgemm handed in by the Cython glue (scipy's), for
  *   longer inner dimensions, huge products, outputs narrower than 10 columns, and CPUs
  *   without AVX-512.
+ * A float weight gradient a^T b with few output columns (a layer of 25 units fills 25
+ * of the kernel's 32 lanes) is computed under GEMM_AUTO as (b^T a)^T: the kernel then
+ * vectorizes over the inputs, and the transpose back costs a few percent. The FMA chains
+ * are the same, so are the bits.
  * GEMM_AUTO picks by the sizes alone. Either way the M rows are cut into panels whose
  * boundaries depend only on the sizes, and each panel is computed by one thread (one
  * single-threaded BLAS call, or the kernel), so results are bit-identical whatever the

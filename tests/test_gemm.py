@@ -204,3 +204,24 @@ def test_blas_path_when_the_kernel_is_turned_off():
     done = subprocess.run([sys.executable, "-c", script], cwd=package_root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+@needs_small
+def test_flipped_weight_gradients_have_the_kernels_bits():
+    """x^T dz with few output columns is computed as (dz^T x)^T and transposed in 16 x 16
+    blocks (src_c/gemm.c: small_flipped_f32) under "auto": the same FMA chains, so the
+    same bits as the kernel's direct product ("small"), for shapes around the transpose
+    blocks; NaN stays in its row."""
+    rng = np.random.default_rng(11)
+    for m, n, k in [(400, 25, 32), (75, 25, 1000), (75, 25, 500), (125, 10, 100),
+                    (16, 2, 3), (17, 5, 1), (31, 15, 7), (33, 17, 64), (47, 30, 9),
+                    (640, 20, 5), (1, 3, 4), (200, 40, 2)]:
+        x, dz = operands(rng, m, n, k, True, False, np.float32)
+        direct = K.gemm(x, dz, True, False, "small")
+        auto = K.gemm(x, dz, True, False, "auto")
+        np.testing.assert_array_equal(auto, direct, err_msg=f"{m}x{n}x{k}")
+        check(auto, ref.gemm(x, dz, True, False), k, np.float32, f"{m}x{n}x{k}")
+    nan = np.ones((8, 40), np.float32)
+    nan[2, 5] = np.nan
+    out = K.gemm(nan, np.ones((8, 3), np.float32), True, False, "auto")
+    assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
