@@ -83,7 +83,7 @@ static double step_flops(const nn_model *m, int B)
 int network_parts(const nn_model *m, int B)
 {
     double flops = step_flops(m, B);
-    if (B < 2 * PART_MIN_ROWS || flops < 4e6 || flops < 1000.0 * (double)m->n_params) return 1;
+    if (B < 2 * PART_MIN_ROWS || flops < 2e6 || flops < 1000.0 * (double)m->n_params) return 1;
     return m->max_parts < 2 ? 1 : 2;
 }
 

@@ -107,7 +107,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
  * the parameters, split over the threads: one fork per call and two barriers per step,
  * where splitting each product instead forks and joins a dozen times per step. The count
  * depends on the sizes only, never on the threads, so the results do not either: 2 for
- * steps of 4 MFLOP or more whose work is large beside the parameter count (the gradient
+ * steps of 2 MFLOP or more whose work is large beside the parameter count (the gradient
  * sum costs one pass over the parameters per extra part), 1 otherwise (one part: every
  * kernel splits its own work), and never more than m->max_parts. */
 int network_parts(const nn_model *m, int B);

@@ -685,7 +685,7 @@ def test_parts_policy():
     # 6 * 300 * 33667 multiply-adds against 33667 parameters: cut in 2
     assert net.parts(300) == 2 and net.parts(150) == 1 and net.parts(63) == 1
     small, _, _ = network_from_layers([(rng.standard_normal((4, 3)), None, "linear", 0.0)])
-    assert small.parts(1000) == 1  # below 4 MFLOP a step
+    assert small.parts(1000) == 1  # below 2 MFLOP a step
     with pytest.raises(ValueError, match="batch"):
         net.parts(0)
 
