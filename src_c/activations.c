@@ -6,6 +6,62 @@
 #include <stdint.h>
 #include <string.h>
 #include "activations.h"
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+
+int softmax_row16_available(void)
+{
+    return __builtin_cpu_supports("avx512f");
+}
+
+/* exp_nonpositive_f32 on 16 lanes: the same operations in the same order (no fused
+ * multiply-adds), so each lane has the scalar function's bits. */
+__attribute__((target("avx512f"))) static inline __m512 exp_nonpositive_x16(__m512 x)
+{
+    const __m512 shift = _mm512_set1_ps(12582912.0f), lowest = _mm512_set1_ps(-87.33f);
+    __m512 xc = _mm512_max_ps(lowest, x); /* NaN stays NaN: max returns its second operand */
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                           shift), shift);
+    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
+                             _mm512_set1_ps(1.0f));
+    __m512 n_defined = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(n, n, _CMP_ORD_Q), n);
+    __m512i bits = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvttps_epi32(n_defined), _mm512_set1_epi32(127)), 23);
+    __m512 value = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
+    return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, lowest, _CMP_LT_OQ), value);
+}
+
+__attribute__((target("avx512f"))) float softmax_row16_f32(float *e, const float *z, int K,
+                                                          float *zmax)
+{
+    __mmask16 lanes = (__mmask16)((1u << K) - 1u);
+    __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), lanes, z);
+    /* the largest value, or NaN if the row has one (the scalar loop's max skips NaN
+     * after the first value, but a NaN term makes the sum NaN either way) */
+    float m = _mm512_reduce_max_ps(v);
+    __m512 terms = exp_nonpositive_x16(_mm512_sub_ps(v, _mm512_set1_ps(m)));
+    terms = _mm512_maskz_mov_ps(lanes, terms);
+    _mm512_mask_storeu_ps(e, lanes, terms);
+    *zmax = m;
+    return _mm512_reduce_add_ps(terms);
+}
+#else
+int softmax_row16_available(void) { return 0; }
+float softmax_row16_f32(float *e, const float *z, int K, float *zmax)
+{
+    (void)e, (void)z, (void)K, (void)zmax;
+    return NAN;
+}
+#endif
+
 #define FASTNN_DOUBLE 0
 #include "real_begin.h"
 #include "activations.c"
@@ -43,6 +99,14 @@ static void sigmoid_block_f32(float *a, const float *z, ptrdiff_t n)
 
 static void FN(softmax_row)(real *a, const real *z, int cols)
 {
+#if !FASTNN_DOUBLE
+    if (cols <= 16 && softmax_row16_available()) {
+        float zmax, sum = softmax_row16_f32(a, z, cols, &zmax);
+        float inv = 1.0f / sum;
+        for (int j = 0; j < cols; j++) a[j] *= inv;
+        return;
+    }
+#endif
     real zmax = z[0];
     for (int j = 1; j < cols; j++) {
         if (z[j] > zmax) zmax = z[j];

@@ -87,4 +87,12 @@ static inline float log1p_unit_f32(float e)
 FASTNN_DECLARE_ACTIVATIONS(float, f32)
 FASTNN_DECLARE_ACTIVATIONS(double, f64)
 
+/* The softmax terms of one row of K <= 16 floats, in one AVX-512 vector: e_j =
+ * e^(z_j - max z), each exactly as exp_nonpositive_f32 computes it, written to e
+ * (K values); returns their sum (added across the lanes) and sets *zmax. Rows of
+ * classifier outputs (10 classes) otherwise cost a scalar pass per value. Only for
+ * CPUs with AVX-512 (softmax_row16_available). */
+int softmax_row16_available(void);
+float softmax_row16_f32(float *e, const float *z, int K, float *zmax);
+
 #endif

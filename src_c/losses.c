@@ -23,6 +23,43 @@ static int loss_block_count(int B, int K)
     return blocks < 1 ? 1 : (int)blocks;
 }
 
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define FASTNN_CE_ROW16 1
+/* Categorical cross-entropy of one row of K <= 16 logits z against targets y, in one
+ * AVX-512 vector: ce_row's from-logits formulas, with the sums over the row added across
+ * the lanes (the loss in double). Called when softmax_row16_available(). */
+__attribute__((target("avx512f"))) static double ce_logits_row16_f32(float *g, const float *z,
+                                                                    const float *y, int K,
+                                                                    float gscale)
+{
+    __mmask16 lanes = (__mmask16)((1u << K) - 1u);
+    float terms[16], zmax;
+    float sum = softmax_row16_f32(terms, z, K, &zmax);
+    float lse = zmax + logf(sum);
+    __m512 yv = _mm512_maskz_loadu_ps(lanes, y), zv = _mm512_maskz_loadu_ps(lanes, z);
+    float ysum = _mm512_reduce_add_ps(yv);
+    /* sum_j y_j (lse - z_j), in double: finite for any float logits */
+    __m512d lse_d = _mm512_set1_pd((double)lse);
+    __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(yv)),
+                               _mm512_sub_pd(lse_d, _mm512_cvtps_pd(_mm512_castps512_ps256(zv))));
+    __m512d hi = _mm512_mul_pd(
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(yv), 1))),
+        _mm512_sub_pd(lse_d, _mm512_cvtps_pd(
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(zv), 1)))));
+    double loss = _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+    if (g) { /* d/dz_j = softmax(z)_j sum(y) - y_j */
+        __m512 e = _mm512_maskz_loadu_ps(lanes, terms);
+        __m512 grad = _mm512_mul_ps(_mm512_set1_ps(1.0f / sum), e);
+        grad = _mm512_sub_ps(_mm512_mul_ps(grad, _mm512_set1_ps(ysum)), yv);
+        _mm512_mask_storeu_ps(g, lanes, _mm512_mul_ps(grad, _mm512_set1_ps(gscale)));
+    }
+    return loss;
+}
+#else
+#define FASTNN_CE_ROW16 0
+#endif
+
 #define FASTNN_DOUBLE 0
 #include "real_begin.h"
 #include "losses.c"
@@ -238,6 +275,14 @@ double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
  * the gradient needs). */
 static real FN(log_sum_exp)(const real *z, int K, real *e, real *sum_out)
 {
+#if !FASTNN_DOUBLE
+    if (K <= 16 && softmax_row16_available()) {
+        float terms[16], zmax;
+        float sum = softmax_row16_f32(e ? e : terms, z, K, &zmax);
+        *sum_out = sum;
+        return zmax + LOG(sum);
+    }
+#endif
     real zmax = z[0];
     for (int j = 1; j < K; j++) {
         if (z[j] > zmax) zmax = z[j];
@@ -302,6 +347,10 @@ double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
 static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
                          real gscale)
 {
+#if FASTNN_CE_ROW16 && !FASTNN_DOUBLE
+    if (from_logits && K <= 16 && softmax_row16_available())
+        return ce_logits_row16_f32(g, p, y, K, gscale);
+#endif
     if (from_logits) {
         /* sum_j y_j (logsumexp(z) - z_j);  d/dz_j = softmax(z)_j sum(y) - y_j */
         real sum;
