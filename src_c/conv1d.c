@@ -19,7 +19,13 @@
 #else
 
 /* A window's steps are contiguous in x, so each row of cols is one copy of K*C values,
- * with zeros for the steps that fall outside the input ("same" padding). */
+ * with zeros for the steps that fall outside the input ("same" padding). Short rows (a
+ * first layer's window of a few values) are copied by a plain loop: a library call per
+ * row costs more than the copy (GCC would turn the loop back into memcpy calls, hence
+ * the attribute). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 static void FN(conv1d_im2col_range)(real *cols, const real *x, int L, int C, int Lout,
                                     int K, int stride, int pad_left, ptrdiff_t b0,
                                     ptrdiff_t b1)
@@ -32,10 +38,18 @@ static void FN(conv1d_im2col_range)(real *cols, const real *x, int L, int C, int
             int start = t * stride - pad_left;
             int lo = start < 0 ? 0 : start;              /* first step inside x */
             int hi = start + K > L ? L : start + K;      /* one past the last */
-            size_t before = (size_t)(lo - start) * C, inside = (size_t)(hi - lo) * C;
-            memset(row, 0, sizeof(real) * before);
-            memcpy(row + before, xs + (ptrdiff_t)lo * C, sizeof(real) * inside);
-            memset(row + before + inside, 0, sizeof(real) * ((size_t)row_len - before - inside));
+            ptrdiff_t before = (ptrdiff_t)(lo - start) * C, inside = (ptrdiff_t)(hi - lo) * C;
+            const real *src = xs + (ptrdiff_t)lo * C;
+            if (row_len <= 32) {
+                ptrdiff_t i = 0;
+                for (; i < before; i++) row[i] = 0;
+                for (; i < before + inside; i++) row[i] = src[i - before];
+                for (; i < row_len; i++) row[i] = 0;
+                continue;
+            }
+            memset(row, 0, sizeof(real) * (size_t)before);
+            memcpy(row + before, src, sizeof(real) * (size_t)inside);
+            memset(row + before + inside, 0, sizeof(real) * (size_t)(row_len - before - inside));
         }
     }
 }
