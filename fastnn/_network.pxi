@@ -28,6 +28,7 @@ cdef class Network:
     cdef nn_workspace *ws
     cdef nn_workspace *spare_ws   # a predict workspace kept for the next call
     cdef int ws_y_width
+    cdef bint training            # a train call is running (without the GIL)
     cdef object params, grads, slots, dtype
     cdef readonly int in_dim, out_dim
 
@@ -35,6 +36,7 @@ cdef class Network:
         self.model.layers = NULL
         self.ws = NULL
         self.spare_ws = NULL
+        self.training = False
 
     def __init__(self, specs, cnp.ndarray params, cnp.ndarray grads):
         """specs: per layer a dict with kind, in_dim, out_dim, act, slope, rate and the
@@ -87,9 +89,23 @@ cdef class Network:
         network_workspace_free(self.spare_ws)
         free(self.model.layers)
 
+    cdef _check_idle(self, what):
+        """Training runs without the GIL on this object's workspace, optimizer state and
+        settings: while it runs, another thread may not train it or change them (that
+        would free buffers under it)."""
+        if self.training:
+            raise RuntimeError(f"{what}: this model is training in another thread; a model "
+                               "trains in one thread at a time")
+
+    @property
+    def busy(self):
+        """Whether a train call is running on this network (in another thread)."""
+        return self.training
+
     def set_loss(self, int loss, bint from_logits, bint fused, metrics=(), double scale=1.0):
         """The loss (times scale, e.g. 0.5 for scikit-learn's half squared error) and the
         metric codes to accumulate."""
+        self._check_idle("set_loss")
         if len(metrics) > NN_MAX_METRICS:
             raise ValueError(f"at most {NN_MAX_METRICS} metrics are supported")
         self.model.loss, self.model.from_logits, self.model.fused = loss, from_logits, fused
@@ -101,6 +117,7 @@ cdef class Network:
     def set_optimizer(self, int kind, double learning_rate, double beta1, double beta2,
                       double epsilon, double rho, double momentum, bint nesterov,
                       long long iterations, cnp.ndarray slot1, cnp.ndarray slot2):
+        self._check_idle("set_optimizer")
         n = self.params.shape[0]
         self.opt.kind = kind
         self.opt.learning_rate, self.opt.beta1, self.opt.beta2 = learning_rate, beta1, beta2
@@ -122,6 +139,7 @@ cdef class Network:
     def max_parts(self, int value):
         if value < 1:
             raise ValueError(f"max_parts: expected a positive count, got {value}")
+        self._check_idle("max_parts")
         self.model.max_parts = value
         network_workspace_free(self.ws)  # its parts and buffers follow the setting
         self.ws = NULL
@@ -176,16 +194,21 @@ cdef class Network:
         cdef void *wp = self._weights(weights, n)
         if step_begin < 0 or step_end * <ptrdiff_t>batch > n + batch - 1 or batch < 1:
             raise ValueError("steps out of range")
+        self._check_idle("train")
         cdef nn_workspace *ws = self._train_workspace(batch, y_width)
         cdef double loss_sum = 0
         cdef double sums[8]
         for k in range(8):
             sums[k] = 0
-        with nogil:
-            if self.model.is_double:
-                network_train_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, <double *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
-            else:
-                network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, <float *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+        self.training = True
+        try:
+            with nogil:
+                if self.model.is_double:
+                    network_train_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, <double *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+                else:
+                    network_train_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, <float *>wp, op, n, step_begin, step_end, seed, &loss_sum, sums, nthreads)
+        finally:
+            self.training = False
         return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
 
     def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):

@@ -292,6 +292,9 @@ class Sequential:
             seed=None):
         """Trains for `epochs` epochs; returns a History. See fastnn's API page."""
         self._require_compiled("fit")
+        if self._network is not None and self._network.busy:
+            raise RuntimeError("fit: this model is training in another thread; a model "
+                               "trains in one thread at a time")
         batch_size = check.integer(32 if batch_size is None else batch_size, "batch_size", 1)
         epochs = check.integer(epochs, "epochs", 0)
         initial_epoch = check.integer(initial_epoch, "initial_epoch", 0)

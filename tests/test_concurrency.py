@@ -246,3 +246,35 @@ def test_gil_is_released_during_a_long_fit():
     # With the GIL held the ticker would stall for a whole epoch (one compiled call).
     assert epoch > 0.1, epoch  # long enough to tell
     assert len(during) > 10 and gaps.max() < epoch / 3, (epoch, gaps.max(), len(during))
+
+
+def test_fit_of_a_model_already_training_in_another_thread_raises():
+    """A model trains in one thread at a time: a second fit (or a change to what the
+    running one uses) raises RuntimeError instead of freeing buffers under it; the first
+    fit finishes normally and the model trains again afterwards."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100000, 64)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.float32)
+    model = Sequential([Dense(64, activation="relu"), Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x[:64], y[:64], verbose=0)
+    done = []
+    # one epoch of 25000 steps: a single compiled call of a few hundred milliseconds
+    worker = threading.Thread(
+        target=lambda: done.append(model.fit(x, y, batch_size=4, epochs=1, verbose=0)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not model._network.busy and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        assert model._network.busy
+        with pytest.raises(RuntimeError, match="another thread"):
+            model.fit(x, y, batch_size=200, epochs=1, verbose=0)
+        with pytest.raises(RuntimeError, match="another thread"):
+            model._network.max_parts = 1
+    finally:
+        worker.join()
+    assert len(done) == 1 and np.isfinite(done[0].history["loss"]).all()
+    assert not model._network.busy
+    history = model.fit(x[:2000], y[:2000], batch_size=200, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
