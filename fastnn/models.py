@@ -7,6 +7,7 @@ run whole epochs (or all batches) in compiled code with the GIL released.
 import math
 import numbers
 import sys
+import threading
 import time
 
 import numpy as np
@@ -290,11 +291,24 @@ class Sequential:
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
             seed=None):
-        """Trains for `epochs` epochs; returns a History. See fastnn's API page."""
-        self._require_compiled("fit")
-        if self._network is not None and self._network.busy:
+        """Trains for `epochs` epochs; returns a History. See fastnn's API page. A model
+        trains in one thread at a time: fit while another thread's fit of this model runs
+        raises RuntimeError, before changing anything."""
+        # setdefault is one atomic dict operation, so two threads get the same lock
+        lock = self.__dict__.get("_fit_lock") or self.__dict__.setdefault(
+            "_fit_lock", threading.Lock())
+        if not lock.acquire(blocking=False):
             raise RuntimeError("fit: this model is training in another thread; a model "
                                "trains in one thread at a time")
+        try:
+            return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split,
+                             validation_data, shuffle, initial_epoch, seed)
+        finally:
+            lock.release()
+
+    def _fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split,
+             validation_data, shuffle, initial_epoch, seed):
+        self._require_compiled("fit")
         batch_size = check.integer(32 if batch_size is None else batch_size, "batch_size", 1)
         epochs = check.integer(epochs, "epochs", 0)
         initial_epoch = check.integer(initial_epoch, "initial_epoch", 0)

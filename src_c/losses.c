@@ -156,15 +156,14 @@ double FN(batch_weight)(const real *weights, int B)
 /* The batch-mean loss of a row loss: the (weighted) sum of the rows' losses over
  * total_weight * per_row_terms, where per_row_terms is how many terms a row's loss sums
  * (K for the elementwise losses, 1 for the categorical ones), and total_weight is what
- * the batch weighs: these B rows' batch_weight when negative, or the given weight of a
- * batch of which these rows are a part (loss_share). */
+ * the batch weighs: these B rows' batch_weight, or the weight of a batch of which these
+ * rows are a part (loss_share; sample weights may be negative, and so may their sum). */
 static double FN(mean_loss)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
                             const real *pred, const real *y, int y_stride,
                             const real *weights, int B, int K, int per_row_terms,
                             int from_logits, double total_weight, int nthreads)
 {
     if (B <= 0 || K <= 0) return 0;
-    if (total_weight < 0) total_weight = FN(batch_weight)(weights, B);
     if (total_weight == 0 || isnan(total_weight)) {
         if (grad) memset(grad, 0, sizeof(real) * (size_t)B * (size_t)K);
         return NAN;
@@ -247,7 +246,7 @@ double FN(binary_crossentropy_loss)(real *grad, const real *pred, const real *y,
                                     int nthreads)
 {
     return FN(mean_loss)(FN(bce_row), 1, grad, pred, y, K, weights, B, K, K, from_logits,
-                         -1.0, nthreads);
+                         FN(batch_weight)(weights, B), nthreads);
 }
 
 static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from_logits,
@@ -266,8 +265,8 @@ static double FN(mse_row)(real *g, const real *p, const real *y, int K, int from
 double FN(mean_squared_error_loss)(real *grad, const real *pred, const real *y,
                                    const real *weights, int B, int K, int nthreads)
 {
-    return FN(mean_loss)(FN(mse_row), 1, grad, pred, y, K, weights, B, K, K, 0, -1.0,
-                         nthreads);
+    return FN(mean_loss)(FN(mse_row), 1, grad, pred, y, K, weights, B, K, K, 0,
+                         FN(batch_weight)(weights, B), nthreads);
 }
 
 /* log sum_j e^z_j, max-subtracted so it is finite for any logits. Also returns the sum
@@ -341,7 +340,7 @@ double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
                                                 int B, int K, int from_logits, int nthreads)
 {
     return FN(mean_loss)(FN(sparse_ce_row), 0, grad, pred, labels, 1, weights, B, K, 1,
-                         from_logits, -1.0, nthreads);
+                         from_logits, FN(batch_weight)(weights, B), nthreads);
 }
 
 static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
@@ -393,7 +392,7 @@ double FN(categorical_crossentropy_loss)(real *grad, const real *pred, const rea
                                          int nthreads)
 {
     return FN(mean_loss)(FN(ce_row), 0, grad, pred, y, K, weights, B, K, 1, from_logits,
-                         -1.0, nthreads);
+                         FN(batch_weight)(weights, B), nthreads);
 }
 
 double FN(loss_share)(int loss, real *grad, const real *pred, const real *y,

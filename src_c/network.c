@@ -184,38 +184,64 @@ static ptrdiff_t FN(kernel_size)(const nn_layer *L)
     return (ptrdiff_t)L->in_dim * L->out_dim;
 }
 
-/* Forward through every layer for rows [r0, r0 + B) of the workspace's batch, whose
- * input rows start at x; sets ws->z, ws->a to the whole batch's buffers (their first
- * rows), which this call has filled for its rows. Training mode draws dropout masks from
- * (seed, step). */
-static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
-                        int training, uint64_t seed, uint64_t step, int nthreads)
+/* The whole batch's z and a buffers of layer i (their first rows), given a[i-1]'s (or
+ * the input's, for the first layer): what forward leaves in ws->z[i] and ws->a[i]. */
+static void FN(layer_buffers)(const nn_model *m, const nn_workspace *ws, int i,
+                              const real *in_base, int training, real **z_out, real **a_out)
 {
-    const real *in = x;                                         /* this part's rows */
-    const real *in_base = x - (ptrdiff_t)r0 * m->layers[0].in_dim; /* row 0's */
+    const nn_layer *L = &m->layers[i];
+    real *z_base = ws->zbuf[i], *a_base = ws->abuf[i];
+    switch (L->kind) {
+    case LAYER_DENSE:
+    case LAYER_CONV1D:
+        if (!a_base) a_base = z_base;
+        break;
+    case LAYER_MAXPOOL1D:
+    case LAYER_GLOBAL_AVGPOOL1D:
+        z_base = NULL;
+        break;
+    case LAYER_ACTIVATION:
+        z_base = (real *)in_base;
+        break;
+    default: /* LAYER_DROPOUT */
+        if (!training || L->rate <= 0) {
+            z_base = NULL;
+            a_base = (real *)in_base;
+        }
+        break;
+    }
+    *z_out = z_base;
+    *a_out = a_base;
+}
+
+/* Sets ws->z and ws->a for a forward pass over a batch whose input rows start at x. */
+static void FN(set_layer_buffers)(const nn_model *m, nn_workspace *ws, const real *x,
+                                  int training)
+{
+    const real *in_base = x;
+    for (int i = 0; i < m->n_layers; i++) {
+        real *z_base, *a_base;
+        FN(layer_buffers)(m, ws, i, in_base, training, &z_base, &a_base);
+        ws->z[i] = z_base;
+        ws->a[i] = a_base;
+        in_base = a_base;
+    }
+}
+
+/* Forward through every layer for rows [r0, r0 + B) of the workspace's batch, whose
+ * input rows start at x. Unless `parted`, first sets ws->z, ws->a to the whole batch's
+ * buffers (their first rows), which this call fills for its rows; the parts of a step
+ * run concurrently, so train_in_parts sets them once, before its threads start. Training
+ * mode draws dropout masks from (seed, step). */
+static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
+                        int training, uint64_t seed, uint64_t step, int parted, int nthreads)
+{
+    if (!parted) FN(set_layer_buffers)(m, ws, x - (ptrdiff_t)r0 * m->layers[0].in_dim, training);
+    const real *in = x; /* this part's rows */
     for (int i = 0; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
         ptrdiff_t row0 = (ptrdiff_t)r0 * L->out_dim, count = (ptrdiff_t)B * L->out_dim;
-        real *z_base = ws->zbuf[i], *a_base = ws->abuf[i];
-        switch (L->kind) {
-        case LAYER_DENSE:
-        case LAYER_CONV1D:
-            if (!a_base) a_base = z_base;
-            break;
-        case LAYER_MAXPOOL1D:
-        case LAYER_GLOBAL_AVGPOOL1D:
-            z_base = NULL;
-            break;
-        case LAYER_ACTIVATION:
-            z_base = (real *)in_base;
-            break;
-        default: /* LAYER_DROPOUT */
-            if (!training || L->rate <= 0) {
-                z_base = NULL;
-                a_base = (real *)in_base;
-            }
-            break;
-        }
+        real *z_base = ws->z[i], *a_base = ws->a[i];
         real *z = z_base ? z_base + row0 : NULL, *a = a_base + row0;
         switch (L->kind) {
         case LAYER_DENSE:
@@ -255,10 +281,7 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
             }
             break;
         }
-        ws->z[i] = z_base;
-        ws->a[i] = a_base;
         in = a;
-        in_base = a_base;
     }
 }
 
@@ -484,6 +507,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
     long long start_iterations = opt->iterations, taken = 0;
     int nt = nthreads < ws->parts ? nthreads : ws->parts;
     if (nt < 1) nt = 1;
+    FN(set_layer_buffers)(m, ws, ws->xb, 1);
 #ifdef _OPENMP
     #pragma omp parallel num_threads(nt) reduction(max: taken)
 #endif
@@ -522,7 +546,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                 real *grads = c == 0 ? model_grads
                                      : (real *)ws->part_grads + (ptrdiff_t)(c - 1) * n_params;
                 FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
-                FN(forward)(m, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1);
+                FN(forward)(m, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
                 part_loss[c] = FN(output_loss)(m, ws, yp, wp, batch_weight, p0, p1 - p0, 1,
                                                c == 0, 1);
                 for (int k = 0; k < m->n_metrics; k++) part_metrics[c][k] = 0;
@@ -583,7 +607,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
             *loss_sum += NAN;
             continue;
         }
-        FN(forward)(m, ws, ws->xb, 0, B, 1, dropout_seed, (uint64_t)step, nthreads);
+        FN(forward)(m, ws, ws->xb, 0, B, 1, dropout_seed, (uint64_t)step, 0, nthreads);
         *loss_sum += FN(output_loss)(m, ws, ws->yb, wb, batch_weight, 0, B, 1, 1, nthreads) * B;
         FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, metric_sums);
         FN(backward)(m, ws, ws->xb, 0, B, batch_weight, NULL, NULL, 1, nthreads);
@@ -619,7 +643,7 @@ void FN(network_predict)(const nn_model *m, nn_workspace *ws, real *out, const r
     int in_dim = m->layers[0].in_dim, out_dim = m->layers[m->n_layers - 1].out_dim;
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
         int B = (int)(n - r0 < ws->batch ? n - r0 : ws->batch);
-        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, nthreads);
+        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, 0, nthreads);
         memcpy(out + r0 * out_dim, ws->a[m->n_layers - 1],
                sizeof(real) * (size_t)B * (size_t)out_dim);
     }
@@ -635,7 +659,7 @@ void FN(network_evaluate)(const nn_model *m, nn_workspace *ws, const real *x, co
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
         int B = (int)(n - r0 < ws->batch ? n - r0 : ws->batch);
         const real *yr = y + r0 * y_width;
-        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, nthreads);
+        FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, 0, nthreads);
         *loss_sum += FN(output_loss)(m, ws, yr, NULL, B, 0, B, 0, 1, nthreads) * B;
         FN(add_metrics)(m, ws, yr, NULL, B, 0, B, B, metric_sums);
     }
@@ -650,7 +674,7 @@ double FN(network_loss_grad)(const nn_model *m, nn_workspace *ws, const real *x,
     unsigned int csr = fastnn_ftz_enter();
     int B = rows < ws->batch ? rows : ws->batch;
     double batch_weight = FN(batch_weight)(weights, B);
-    FN(forward)(m, ws, x, 0, B, 0, 0, 0, nthreads);
+    FN(forward)(m, ws, x, 0, B, 0, 0, 0, 0, nthreads);
     double loss = FN(output_loss)(m, ws, y, weights, batch_weight, 0, B, 1, 1, nthreads);
     FN(backward)(m, ws, x, 0, B, batch_weight, NULL, NULL, 1, nthreads);
     fastnn_ftz_leave(csr);

@@ -278,3 +278,33 @@ def test_fit_of_a_model_already_training_in_another_thread_raises():
     assert not model._network.busy
     history = model.fit(x[:2000], y[:2000], batch_size=200, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_fit_guard_holds_between_epochs():
+    """The guard covers the whole fit, callbacks and the Python work between epochs
+    included, not only the compiled steps."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((256, 16)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    model = Sequential([Dense(8, activation="relu"), Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    started, release = threading.Event(), threading.Event()
+
+    class Pause:
+        def on_epoch_end(self, epoch, logs=None):
+            started.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=lambda: model.fit(x, y, epochs=2, verbose=0,
+                                                       callbacks=[Pause()]))
+    worker.start()
+    try:
+        assert started.wait(30)
+        weights = [w.copy() for w in model.get_weights()]
+        with pytest.raises(RuntimeError, match="another thread"):
+            model.fit(x, y, epochs=1, verbose=0)
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights))
+    finally:
+        release.set()
+        worker.join()
+    model.fit(x, y, epochs=1, verbose=0)  # free again

@@ -781,3 +781,27 @@ def test_parts_match_one_part(dropout):
                                atol=1e-13 * np.max(np.abs(deltas[1])))
     with pytest.raises(ValueError, match="max_parts"):
         net.max_parts = 0
+
+
+def test_parts_with_negative_batch_weight_match_one_part():
+    """Sample weights may be negative (scikit-learn allows them), and so may a batch's
+    sum: each part's loss and gradient are still shares of the whole batch's weight."""
+    rng = np.random.default_rng(seed_of("parts-negative-weights"))
+    layers, x, y = big_problem(rng)
+    weights = rng.uniform(-1.5, 1.0, size=len(x))
+    assert weights.sum() < 0 and weights[:150].sum() != weights.sum()
+    out = {}
+    for max_parts in (1, 2):
+        net, params, _ = network_from_layers(layers)
+        net.max_parts = max_parts
+        net.set_loss(K.LOSSES[SPARSE], False, True)
+        net.set_optimizer(0, 0.01, 0, 0, 0, 0, 0.0, False, 0, np.zeros_like(params),
+                          np.zeros_like(params))
+        loss_sum, _ = net.train(x, y, np.arange(len(x), dtype=np.int64), 0, 1, len(x), 0, 2,
+                                weights=weights)
+        out[max_parts] = (loss_sum, params.copy())
+    value, _ = ref.network_loss_and_grads(layers, x, y.ravel().astype(int), SPARSE,
+                                          weights=weights)
+    assert out[1][0] / len(x) == pytest.approx(value, rel=1e-12)
+    assert out[2][0] == pytest.approx(out[1][0], rel=1e-12)
+    np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-10, atol=1e-13)
