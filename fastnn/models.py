@@ -298,8 +298,9 @@ class Sequential:
         lock = self.__dict__.get("_fit_lock") or self.__dict__.setdefault(
             "_fit_lock", threading.Lock())
         if not lock.acquire(blocking=False):
-            raise RuntimeError("fit: this model is training in another thread; a model "
-                               "trains in one thread at a time")
+            raise RuntimeError("fit: this model is already training (in another thread, or "
+                               "in the fit whose callback called this); a model trains in "
+                               "one thread at a time")
         try:
             return self._fit(x, y, batch_size, epochs, verbose, callbacks, validation_split,
                              validation_data, shuffle, initial_epoch, seed)
