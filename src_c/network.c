@@ -486,6 +486,18 @@ static void FN(gather_rows)(nn_workspace *ws, int in_dim, const real *x, const r
     if (next0 < next1) FN(prefetch_rows)(x, in_dim, order + next0, next1 - next0);
 }
 
+/* What a step's batch, rows order[r0..r1) of the data, weighs: losses.h's batch_weight
+ * (the same sum, in row order), read through the order so that it needs no gathered
+ * rows. */
+static double FN(step_weight)(const real *weights, const int64_t *order, ptrdiff_t r0,
+                              ptrdiff_t r1)
+{
+    if (!weights) return (double)(r1 - r0);
+    double total = 0;
+    for (ptrdiff_t r = r0; r < r1; r++) total += (double)weights[order[r]];
+    return total;
+}
+
 /* network_train for a workspace whose batches are cut into parts (network_parts): one
  * OpenMP region for all the steps. In each step, every thread runs the forward, loss and
  * backward of its parts (part c into gradient buffer c); after a barrier each thread
@@ -524,12 +536,8 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
             ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
             int B = (int)(r1 - r0);
             if (B <= 0) break;
-            /* every thread computes the batch's weight alike, in row order */
-            double batch_weight = B;
-            if (weights) {
-                batch_weight = 0;
-                for (ptrdiff_t r = r0; r < r1; r++) batch_weight += (double)weights[order[r]];
-            }
+            /* every thread computes the batch's weight alike */
+            double batch_weight = FN(step_weight)(weights, order, r0, r1);
             if (batch_weight == 0 || isnan(batch_weight)) {
                 /* no weighted mean to descend: a step would write NaN into every
                  * parameter (every thread skips it alike) */
@@ -601,7 +609,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
         int B = (int)(r1 - r0);
         if (B <= 0) break;
         FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, 0, B);
-        double batch_weight = FN(batch_weight)(wb, B);
+        double batch_weight = FN(step_weight)(weights, order, r0, r1);
         if (batch_weight == 0 || isnan(batch_weight)) {
             /* no weighted mean to descend: a step would write NaN into every parameter */
             *loss_sum += NAN;
