@@ -61,6 +61,14 @@ static size_t scratch_per_sample(const nn_layer *L)
     return 0;
 }
 
+/* Whether training skips the last layer's activation in the forward pass: a dense layer
+ * whose sigmoid or softmax the loss folds in (model->fused) computes it from z again, so
+ * a[last] is only filled afterwards, when metrics read it (fused_output_activation). */
+static int skips_output_activation(const nn_model *m, int i, int training)
+{
+    return training && m->fused && i == m->n_layers - 1 && m->layers[i].kind == LAYER_DENSE;
+}
+
 #define ALIGN_BYTES 64
 static size_t aligned_size(size_t bytes) { return (bytes + ALIGN_BYTES - 1) / ALIGN_BYTES * ALIGN_BYTES; }
 
@@ -117,7 +125,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
         total += aligned_size((size_t)batch * scratch_per_sample(&m->layers[i]) * elem);
     }
     size_t part_grad_bytes = aligned_size((size_t)m->n_params * elem);
-    total += part_grad_bytes * (size_t)(ws->parts - 1);
+    if (ws->parts > 1) total += part_grad_bytes * (size_t)ws->parts;
     ws->block = malloc(total + ALIGN_BYTES);
     if (!ws->block) {
         network_workspace_free(ws);
@@ -232,7 +240,8 @@ static void FN(set_layer_buffers)(const nn_model *m, nn_workspace *ws, const rea
  * input rows start at x. Unless `parted`, first sets ws->z, ws->a to the whole batch's
  * buffers (their first rows), which this call fills for its rows; the parts of a step
  * run concurrently, so train_in_parts sets them once, before its threads start. Training
- * mode draws dropout masks from (seed, step). */
+ * mode draws dropout masks from (seed, step), and leaves a fused output layer's a unset
+ * (skips_output_activation). */
 static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
                         int training, uint64_t seed, uint64_t step, int parted, int nthreads)
 {
@@ -245,8 +254,12 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
         real *z = z_base ? z_base + row0 : NULL, *a = a_base + row0;
         switch (L->kind) {
         case LAYER_DENSE:
-            FN(dense_forward)(z, a, in, L->w, L->b, B, L->in_dim, L->out_dim, L->act,
-                              (real)L->slope, (gemm_fn)m->gemm, nthreads);
+            if (skips_output_activation(m, i, training))
+                FN(dense_forward)(z, z, in, L->w, L->b, B, L->in_dim, L->out_dim, ACT_LINEAR,
+                                  0, (gemm_fn)m->gemm, nthreads);
+            else
+                FN(dense_forward)(z, a, in, L->w, L->b, B, L->in_dim, L->out_dim, L->act,
+                                  (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
         case LAYER_CONV1D:
             FN(conv1d_forward)(z, a, (real *)ws->sbuf[i] + (ptrdiff_t)r0 * scratch_per_sample(L),
@@ -336,13 +349,20 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
 
 /* Adds the metric sums of rows [r0, r0 + B) of a batch of batch_rows rows; weighted,
  * each is its weighted mean times batch_rows, on the footing of the loss (which training
- * adds times the batch's rows), so that the two can be combined. */
+ * adds times the batch's rows), so that the two can be combined. training: the forward
+ * pass was a training one, which may have left the output activation to this call
+ * (skips_output_activation). */
 static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y,
                             const real *weights, double batch_weight, int r0, int B,
-                            int batch_rows, double *metric_sums)
+                            int batch_rows, int training, double *metric_sums)
 {
     int last = m->n_layers - 1;
-    int K = m->layers[last].out_dim;
+    const nn_layer *L = &m->layers[last];
+    int K = L->out_dim;
+    if (m->n_metrics == 0) return;
+    if (skips_output_activation(m, last, training))
+        FN(activation_forward_rows)(ws->a[last], ws->z[last], r0, r0 + B, K, L->act,
+                                    (real)L->slope);
     const real *pred = (const real *)ws->a[last] + (ptrdiff_t)r0 * K;
     for (int k = 0; k < m->n_metrics; k++) {
         double sum = FN(metric_sum)(m->metrics[k], pred, y, weights, B, K, m->from_logits);
@@ -498,12 +518,41 @@ static double FN(step_weight)(const real *weights, const int64_t *order, ptrdiff
     return total;
 }
 
+/* The L2 term restricted to parameters [q0, q1) of the model's buffer: returns its share
+ * of the loss (0.5 l2 ||w||^2 / batch_weight over the kernel elements in the range, as
+ * output_loss adds it whole) and adds its gradient, l2 w / batch_weight, to g (the
+ * range's gradient, g[0] for parameter q0), as backward does. */
+static double FN(l2_range)(const nn_model *m, const real *params, double batch_weight,
+                           ptrdiff_t q0, ptrdiff_t q1, real *g)
+{
+    double value = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const nn_layer *L = &m->layers[i];
+        if (L->l2_per_batch <= 0 || !L->w) continue;
+        ptrdiff_t w0 = (const real *)L->w - params, w1 = w0 + FN(kernel_size)(L);
+        ptrdiff_t lo = w0 > q0 ? w0 : q0, hi = w1 < q1 ? w1 : q1;
+        if (lo >= hi) continue;
+        value += 0.5 * L->l2_per_batch * FN(sum_of_squares)(params + lo, hi - lo) / batch_weight;
+        if (g) {
+            real c = (real)(L->l2_per_batch / batch_weight);
+            for (ptrdiff_t k = lo; k < hi; k++) g[k - q0] += c * params[k];
+        }
+    }
+    return value;
+}
+
 /* network_train for a workspace whose batches are cut into parts (network_parts): one
- * OpenMP region for all the steps. In each step, every thread runs the forward, loss and
- * backward of its parts (part c into gradient buffer c); after a barrier each thread
- * adds the parts' gradients over its own range of parameters, in part order, and
- * updates that range; a second barrier ends the step. The parts and the sums are the
- * same on any number of threads, so the results are too. */
+ * OpenMP region for all the steps. In each step, part c (of `parts`) runs the forward,
+ * loss and backward of its rows into gradient buffer c, and adds the L2 term's loss over
+ * parameter range c; after a barrier, range c of the model's gradient becomes the sum of
+ * the parts' gradients (in part order) plus the L2 term's, and range c of the
+ * parameters is updated; a second barrier ends the step. Thread t runs parts and ranges
+ * t, t + T, ... . Each gradient buffer is written by one thread and only read by the
+ * other, and each range of the model's gradient and optimizer slots is touched by one
+ * thread only: what one core writes and another reads costs a transfer between their
+ * caches (several nanoseconds per cache line), which this keeps to the one exchange of
+ * gradients and parameters a step needs. The parts and ranges are the same on any
+ * number of threads, so the results are too. */
 static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                                const real *x, const real *y, int y_width,
                                const real *weights, const int64_t *order, ptrdiff_t n,
@@ -514,8 +563,10 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
     enum { MAX_PARTS = 2 };
     double part_loss[MAX_PARTS], part_metrics[MAX_PARTS][NN_MAX_METRICS];
     int in_dim = m->layers[0].in_dim;
-    real *model_grads = opt->grads;
+    real *params = opt->params, *model_grads = opt->grads;
     ptrdiff_t n_params = opt->n_params;
+    /* the parts' gradient buffers start on cache lines of their own */
+    ptrdiff_t grads_apart = (ptrdiff_t)(aligned_size((size_t)n_params * sizeof(real)) / sizeof(real));
     long long start_iterations = opt->iterations, taken = 0;
     int nt = nthreads < ws->parts ? nthreads : ws->parts;
     if (nt < 1) nt = 1;
@@ -551,27 +602,33 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                 const real *xp = (const real *)ws->xb + (ptrdiff_t)p0 * in_dim;
                 const real *yp = (const real *)ws->yb + (ptrdiff_t)p0 * y_width;
                 const real *wp = weights ? (const real *)ws->wb + p0 : NULL;
-                real *grads = c == 0 ? model_grads
-                                     : (real *)ws->part_grads + (ptrdiff_t)(c - 1) * n_params;
+                real *grads = (real *)ws->part_grads + c * grads_apart;
                 FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
                 FN(forward)(m, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
                 part_loss[c] = FN(output_loss)(m, ws, yp, wp, batch_weight, p0, p1 - p0, 1,
-                                               c == 0, 1);
+                                               0, 1) +
+                               FN(l2_range)(m, params, batch_weight, n_params * c / parts,
+                                            n_params * (c + 1) / parts, NULL);
                 for (int k = 0; k < m->n_metrics; k++) part_metrics[c][k] = 0;
-                FN(add_metrics)(m, ws, yp, wp, batch_weight, p0, p1 - p0, B, part_metrics[c]);
-                FN(backward)(m, ws, xp, p0, p1 - p0, batch_weight, grads, model_grads, c == 0,
-                             1);
+                FN(add_metrics)(m, ws, yp, wp, batch_weight, p0, p1 - p0, B, 1,
+                                part_metrics[c]);
+                FN(backward)(m, ws, xp, p0, p1 - p0, batch_weight, grads, model_grads, 0, 1);
             }
 #ifdef _OPENMP
             #pragma omp barrier
 #endif
             t += 1;
-            ptrdiff_t q0 = n_params * tid / T, q1 = n_params * (tid + 1) / T;
-            for (int c = 1; c < parts; c++) {
-                const real *gc = (const real *)ws->part_grads + (ptrdiff_t)(c - 1) * n_params;
-                for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] += gc[q];
+            for (int c = tid; c < parts; c += T) {
+                ptrdiff_t q0 = n_params * c / parts, q1 = n_params * (c + 1) / parts;
+                const real *g0 = (const real *)ws->part_grads;
+                for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] = g0[q];
+                for (int part = 1; part < parts; part++) {
+                    const real *gp = (const real *)ws->part_grads + part * grads_apart;
+                    for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] += gp[q];
+                }
+                FN(l2_range)(m, params, batch_weight, q0, q1, model_grads + q0);
+                FN(optimizer_update)(opt, t, q0, q1, 1);
             }
-            FN(optimizer_update)(opt, t, q0, q1, 1);
             if (tid == 0) {
                 double s = 0;
                 for (int c = 0; c < parts; c++) s += part_loss[c];
@@ -617,7 +674,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
         }
         FN(forward)(m, ws, ws->xb, 0, B, 1, dropout_seed, (uint64_t)step, 0, nthreads);
         *loss_sum += FN(output_loss)(m, ws, ws->yb, wb, batch_weight, 0, B, 1, 1, nthreads) * B;
-        FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, metric_sums);
+        FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, 1, metric_sums);
         FN(backward)(m, ws, ws->xb, 0, B, batch_weight, NULL, NULL, 1, nthreads);
         FN(optimizer_step)(opt, nthreads);
     }
@@ -669,7 +726,7 @@ void FN(network_evaluate)(const nn_model *m, nn_workspace *ws, const real *x, co
         const real *yr = y + r0 * y_width;
         FN(forward)(m, ws, x + r0 * in_dim, 0, B, 0, 0, 0, 0, nthreads);
         *loss_sum += FN(output_loss)(m, ws, yr, NULL, B, 0, B, 0, 1, nthreads) * B;
-        FN(add_metrics)(m, ws, yr, NULL, B, 0, B, B, metric_sums);
+        FN(add_metrics)(m, ws, yr, NULL, B, 0, B, B, 0, metric_sums);
     }
     fastnn_ftz_leave(csr);
 }

@@ -94,7 +94,7 @@ typedef struct {
     void **sbuf;        /* per-layer scratch: im2col (conv1d), argmax (maxpool1d) */
     void **z, **a;      /* per-layer pointers used by the last forward pass */
     int parts;          /* training: row parts of a full batch (network_parts) */
-    void *part_grads;   /* gradient buffers of parts 1.. (part 0 uses the model's) */
+    void *part_grads;   /* gradient buffers of the parts, one each (cache-line aligned) */
 } nn_workspace;
 
 /* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:

@@ -805,3 +805,40 @@ def test_parts_with_negative_batch_weight_match_one_part():
     assert out[1][0] / len(x) == pytest.approx(value, rel=1e-12)
     assert out[2][0] == pytest.approx(out[1][0], rel=1e-12)
     np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("loss,act,k", [("binary_crossentropy", "sigmoid", 3),
+                                        (SPARSE, "softmax", 4),
+                                        ("categorical_crossentropy", "softmax", 4)])
+@pytest.mark.parametrize("batch", [N, 256])
+def test_fused_training_metrics_use_the_output_activation(loss, act, k, batch):
+    """A training forward pass leaves a fused sigmoid/softmax output to the loss; the
+    step's metrics must still see the probabilities: a step's accuracy and MAE equal
+    those of predict() before the step (both batches: one part, and two parts).
+    (MAE against sparse class ids is not a probability metric; only accuracy there.)"""
+    rng = np.random.default_rng(seed_of(loss, act, batch, "fused-metrics"))
+    n = batch
+    x = rng.standard_normal((n, 40))
+    y = targets(loss, n, k, rng)
+    model = Sequential([Dense(64, activation="relu"), Dense(k, activation=act)], dtype="float64")
+    metrics = ["accuracy"] if loss == SPARSE else ["accuracy", "mae"]
+    model.compile(optimizer=SGD(0.1), loss=loss_object(loss, False), metrics=metrics)
+    model.build((None, 40))
+    model.set_weights(random_weights(model, rng))
+    if batch == 256:
+        assert model._network.parts(batch) == 2
+    prob = model.predict(x, batch_size=n, verbose=0)
+    assert np.allclose(prob.sum(axis=1), 1) if act == "softmax" else True
+    mae = None
+    if loss == SPARSE:
+        accuracy = np.mean(np.argmax(prob, axis=1) == y)
+    elif act == "softmax":
+        accuracy = np.mean(np.argmax(prob, axis=1) == np.argmax(y, axis=1))
+        mae = np.mean(np.abs(prob - y))
+    else:
+        accuracy = np.mean((prob > 0.5) == (y > 0.5))
+        mae = np.mean(np.abs(prob - y))
+    history = model.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0)
+    assert history.history["accuracy"][0] == pytest.approx(accuracy, rel=1e-12)
+    if mae is not None:
+        assert history.history["mae"][0] == pytest.approx(mae, rel=1e-12)
