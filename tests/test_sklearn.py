@@ -158,6 +158,25 @@ def test_string_labels():
     np.testing.assert_array_equal(clf.classes_, ["benign", "malignant"])
 
 
+@pytest.mark.parametrize("labels", [
+    np.array([0, 1, 1, 0, 1]), np.array([3, -2, 3, 3, -2]), np.array(["b", "a", "b", "a", "a"]),
+    np.array([2, 0, 1, 2, 5, 0, 1]), np.array(["dog", "cat", "eel", "cat", "dog"], dtype=object),
+    np.array([0.0, 1.0, 2.0, 0.0, 2.0]), np.array([True, False, True, True, False])])
+def test_indicator_targets_equal_label_binarizer(labels):
+    """The training targets computed directly equal LabelBinarizer's transform (as bools),
+    which they replace for one column of labels."""
+    from sklearn.preprocessing import LabelBinarizer
+    clf = MLPClassifier()
+    clf._label_binarizer = LabelBinarizer().fit(labels)
+    got = clf._indicator_targets(labels)
+    want = clf._label_binarizer.transform(labels).astype(bool)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    subset = labels[labels != labels[0]]  # a later partial_fit may see fewer classes
+    np.testing.assert_array_equal(clf._indicator_targets(subset),
+                                  clf._label_binarizer.transform(subset).astype(bool))
+
+
 # ---- training options --------------------------------------------------------------------
 
 def test_partial_fit_matches_sklearn():
