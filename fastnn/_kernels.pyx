@@ -30,14 +30,15 @@ cdef extern from "activations.h" nogil:
 cdef extern from "dense.h" nogil:
     ctypedef void (*sgemm_fn)(char *, char *, int *, int *, int *, float *, float *, int *, float *, int *, float *, float *, int *)
     ctypedef void (*dgemm_fn)(char *, char *, int *, int *, int *, double *, double *, int *, double *, int *, double *, double *, int *)
-    void dense_forward_f32(float *z, float *a, const float *x, const float *w, const float *b, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
-    void dense_forward_f64(double *z, double *a, const double *x, const double *w, const double *b, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
-    void dense_backward_f32(float *dx, float *dw, float *db, float *dout, const float *z, const float *a, const float *x, const float *w, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
-    void dense_backward_f64(double *dx, double *dw, double *db, double *dout, const double *z, const double *a, const double *x, const double *w, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
+    void dense_forward_f32(float *z, float *a, const float *x, const float *w, int w_trans, const float *b, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
+    void dense_forward_f64(double *z, double *a, const double *x, const double *w, int w_trans, const double *b, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
+    void dense_backward_f32(float *dx, float *dw, float *db, float *dout, const float *z, const float *a, const float *x, const float *w, int w_trans, int B, int C, int OC, int act, float slope, sgemm_fn gemm, int nthreads)
+    void dense_backward_f64(double *dx, double *dw, double *db, double *dout, const double *z, const double *a, const double *x, const double *w, int w_trans, int B, int C, int OC, int act, double slope, dgemm_fn gemm, int nthreads)
 
 cdef extern from "gemm.h" nogil:
     int GEMM_AUTO, GEMM_BLAS, GEMM_SMALL
     int gemm_small_available()
+    int gemm_dot_pays(int N, int K)
     void gemm_method_f32(int method, float *out, int ldo, const float *a, int lda, int a_trans, const float *b, int ldb, int b_trans, int M, int N, int K, sgemm_fn blas, int nthreads)
     void gemm_method_f64(int method, double *out, int ldo, const double *a, int lda, int a_trans, const double *b, int ldb, int b_trans, int M, int N, int K, dgemm_fn blas, int nthreads)
 
@@ -87,6 +88,7 @@ cdef extern from "network.h" nogil:
         int steps_in, channels_in, steps_out
         int kernel, stride, pad_left
         double l2_per_batch
+        int w_trans
         void *w
         void *b
         void *dw
@@ -201,6 +203,13 @@ def small_gemm_available():
     return bool(gemm_small_available())
 
 
+def dense_kernel_transposed(int inputs, int units, bint is_double):
+    """Whether a Dense layer of these sizes stores its kernel transposed, (units, inputs):
+    for float32 where its forward product runs faster as dot products over the inputs
+    (src_c/gemm.h, gemm_dot_pays). Sizes only, so every machine lays a model out alike."""
+    return (not is_double) and bool(gemm_dot_pays(units, inputs))
+
+
 def gemm(real[:, ::1] a, real[:, ::1] b, bint a_trans=False, bint b_trans=False,
          method="auto", int nthreads=1, out=None):
     """op(a) op(b) by the given method ("auto", "blas" or "small"; see src_c/gemm.h),
@@ -231,10 +240,11 @@ def gemm(real[:, ::1] a, real[:, ::1] b, bint a_trans=False, bint b_trans=False,
 
 
 def dense_forward(real[:, ::1] x, real[:, ::1] w, b, int act, double slope=0.01,
-                  int nthreads=1):
-    """(z, a) with z = x w + b, a = f(z); b may be None."""
-    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[1]
-    _dims("w", np.asarray(w), (C, OC))
+                  int nthreads=1, bint w_trans=False):
+    """(z, a) with z = x w + b, a = f(z); b may be None. w_trans: w is given (and stored)
+    transposed, (units, inputs)."""
+    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[0] if w_trans else w.shape[1]
+    _dims("w", np.asarray(w), (OC, C) if w_trans else (C, OC))
     dtype = np.asarray(x).dtype
     z_arr = np.zeros((B, OC), dtype=dtype)
     a_arr = np.zeros((B, OC), dtype=dtype)
@@ -252,23 +262,24 @@ def dense_forward(real[:, ::1] x, real[:, ::1] w, b, int act, double slope=0.01,
     cdef real *wp = &w[0, 0] if C * OC else NULL
     with nogil:
         if real is float:
-            dense_forward_f32(&z[0, 0], &a[0, 0], xp, wp, bp, B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+            dense_forward_f32(&z[0, 0], &a[0, 0], xp, wp, w_trans, bp, B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
         else:
-            dense_forward_f64(&z[0, 0], &a[0, 0], xp, wp, bp, B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+            dense_forward_f64(&z[0, 0], &a[0, 0], xp, wp, w_trans, bp, B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
     return z_arr, a_arr
 
 
 def dense_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, real[:, ::1] x,
                    real[:, ::1] w, int act, double slope=0.01, bint need_dx=True,
-                   bint has_bias=True, int nthreads=1):
-    """(dx, dw, db) for dL/da; dx is None unless need_dx, db None unless has_bias."""
-    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[1]
-    _dims("w", np.asarray(w), (C, OC))
+                   bint has_bias=True, int nthreads=1, bint w_trans=False):
+    """(dx, dw, db) for dL/da; dx is None unless need_dx, db None unless has_bias. w_trans:
+    w is given transposed, (units, inputs), and so is dw."""
+    cdef int B = x.shape[0], C = x.shape[1], OC = w.shape[0] if w_trans else w.shape[1]
+    _dims("w", np.asarray(w), (OC, C) if w_trans else (C, OC))
     for name, arr in (("da", da), ("z", z), ("a", a)):
         _dims(name, np.asarray(arr), (B, OC))
     dtype = np.asarray(x).dtype
     dout_arr = np.array(da, dtype=dtype, copy=True)
-    dw_arr = np.zeros((C, OC), dtype=dtype)
+    dw_arr = np.zeros((OC, C) if w_trans else (C, OC), dtype=dtype)
     db_arr = np.zeros(OC, dtype=dtype) if has_bias else None
     dx_arr = np.zeros((B, C), dtype=dtype) if need_dx else None
     if B * OC * C == 0:
@@ -285,9 +296,9 @@ def dense_backward(real[:, ::1] da, real[:, ::1] z, real[:, ::1] a, real[:, ::1]
         dbp = &db[0]
     with nogil:
         if real is float:
-            dense_backward_f32(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
+            dense_backward_f32(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], w_trans, B, C, OC, act, <float>slope, <sgemm_fn>gemm_for(False), nthreads)
         else:
-            dense_backward_f64(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
+            dense_backward_f64(dxp, &dw[0, 0], dbp, &dout[0, 0], &z[0, 0], &a[0, 0], &x[0, 0], &w[0, 0], w_trans, B, C, OC, act, slope, <dgemm_fn>gemm_for(True), nthreads)
     return dx_arr, dw_arr, db_arr
 
 

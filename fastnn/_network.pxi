@@ -70,6 +70,7 @@ cdef class Network:
             L.steps_out = s.get("steps_out", 1)
             L.kernel, L.stride, L.pad_left = s.get("kernel", 1), s.get("stride", 1), s.get("pad_left", 0)
             L.l2_per_batch = s.get("l2_per_batch", 0.0)
+            L.w_trans = bool(s.get("w_trans", False))
             L.w = L.dw = L.b = L.db = NULL
             if s.get("w") is not None:
                 offset = s["w"]

@@ -63,6 +63,7 @@ class Sequential:
         self.layers = []
         self._input_shape = None  # per-sample shape, from Input or build
         self._params = self._grads = self._network = None
+        self._weights_order = None
         self.optimizer = self.loss = None
         self._metric_names = []
         self.compiled = False
@@ -160,14 +161,21 @@ class Sequential:
         total = sum(sum(s) for s in sizes)
         params = np.zeros(max(total, 1), dtype=self.dtype)
         grads = np.zeros_like(params)
+        # Buffer position of each parameter element, in get_weights order: a layer may
+        # store an array in another layout (Dense.choose_storage), and files keep this
+        # order (_to_weights_order).
+        positions = np.arange(params.size)
+        order = []
         specs, offset = [], 0
         for layer, layer_sizes in zip(self.layers, sizes):
+            layer.choose_storage(self.dtype)
             offsets, views = [], []
-            for p, size in zip(layer.params, layer_sizes):
-                view = params[offset:offset + size].reshape(p.shape)
+            for index, (p, size) in enumerate(zip(layer.params, layer_sizes)):
+                view = layer.storage_view(index, params[offset:offset + size])
                 view[...] = p
                 offsets.append(offset)
                 views.append(view)
+                order.append(layer.storage_view(index, positions[offset:offset + size]).ravel())
                 offset += size
             layer.params = views
             spec = layer.spec(offsets)
@@ -180,6 +188,8 @@ class Sequential:
         self._input_shape = input_shape
         self._output_shape = tuple(self._output_shape_for(input_shape))
         self._params, self._grads = params, grads
+        order = np.concatenate(order) if order else positions[:0]
+        self._weights_order = None if np.array_equal(order, positions[:order.size]) else order
         # Buffer values per sample row of a forward pass (sizes predict's batches).
         self._values_per_row = math.prod(input_shape) + sum(s["out_dim"] for s in specs)
         # The largest matrix product per sample row, to tell when BLAS could use threads.
@@ -505,6 +515,22 @@ class Sequential:
     @property
     def weights(self):
         return [p for layer in self.layers for p in layer.params]
+
+    def _to_weights_order(self, flat):
+        """A copy of an array laid out as the parameter buffer (optimizer state), its
+        elements in get_weights order: each array's raveled in C order, one after another,
+        whatever layout the buffer keeps them in."""
+        flat = np.asarray(flat)
+        return np.array(flat if self._weights_order is None else flat[self._weights_order])
+
+    def _from_weights_order(self, flat):
+        """The inverse of _to_weights_order: a new array laid out as the parameter buffer."""
+        flat = np.asarray(flat)
+        if self._weights_order is None:
+            return np.array(flat)
+        out = np.empty_like(flat)
+        out[self._weights_order] = flat
+        return out
 
     def get_weights(self):
         """Copies of every parameter array, in Keras' order and shapes."""

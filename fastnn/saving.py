@@ -45,13 +45,14 @@ layer, loss and optimizer types are looked up by name in the fixed registries be
 
 ``weights/NNNN.npy``: one array per weight, numbered in the model's ``get_weights()``
 order (the order of the layers, each layer's weights in Keras' order), of the model's dtype,
-little-endian, C order, with the shape listed in ``config.json``. Concatenated flat, they are
-the model's flat parameter buffer.
+little-endian, C order, with the shape listed in ``config.json``. Concatenated flat (each
+raveled in C order), they are the model's parameters in "weights order".
 
 ``optimizer/slot_0.npy``, ``optimizer/slot_1.npy``: the optimizer's two state vectors, 1-D,
 as long as the flat parameter buffer (the number of parameters, or 1 for a model without
-any), of the model's dtype: SGD velocity (and an unused vector), Adam's m and v, RMSprop's v
-and momentum. With the iteration count they let training resume exactly where it stopped.
+any), each element the state of the parameter at that place in weights order (whichever
+layout the model keeps in memory), of the model's dtype: SGD velocity (and an unused
+vector), Adam's m and v, RMSprop's v and momentum. With the iteration count they let training resume exactly where it stopped.
 
 Guarantees: `save_model` writes to a temporary file in the same directory, flushes and
 fsyncs it, then renames it onto `path` (`os.replace`): `path` holds the old file or the new
@@ -155,7 +156,7 @@ def get_state(model):
             slots_entry = []
             for k, slot in enumerate(opt.slots):
                 member = f"optimizer/slot_{k}.npy"
-                arrays[member] = np.array(slot, dtype=dtype, order="C")
+                arrays[member] = np.array(model._to_weights_order(slot), dtype=dtype, order="C")
                 slots_entry.append(member)
         compile_entry = {
             "optimizer": {"class_name": _registered(OPTIMIZERS, opt, "optimizer"),
@@ -344,7 +345,7 @@ def _restore(config, fetch, check_finite):
                 arr = fetch(member, model._params.shape, dtype)
                 if check_finite and not np.isfinite(arr).all():
                     raise _Invalid(f"{member}: optimizer state is not finite")
-                arrays.append(np.array(arr, dtype=dtype, order="C"))
+                arrays.append(np.array(model._from_weights_order(arr), dtype=dtype, order="C"))
             optimizer.slots = tuple(arrays)
         optimizer.iterations = iterations
     return model, used

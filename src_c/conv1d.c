@@ -98,7 +98,7 @@ void FN(conv1d_forward)(real *z, real *a, real *cols, const real *x, const real 
     if (B <= 0 || Lout <= 0) return;
     FN(conv1d_im2col)(cols, x, B, L, C, Lout, K, stride, pad_left, nthreads);
     /* z = cols w + b: a dense layer over B*Lout rows of K*C inputs. */
-    FN(dense_forward)(z, a, cols, w, b, B * Lout, K * C, F, act, slope, gemm, nthreads);
+    FN(dense_forward)(z, a, cols, w, 0, b, B * Lout, K * C, F, act, slope, gemm, nthreads);
 }
 
 void FN(conv1d_backward)(real *dx, real *dw, real *db, real *dout, real *cols, real *dcols,
@@ -109,7 +109,7 @@ void FN(conv1d_backward)(real *dx, real *dw, real *db, real *dout, real *cols, r
     if (B <= 0 || Lout <= 0) return;
     /* The dense backward of z = cols w + b gives dw, db and dcols = dz w^T; dcols is
      * written after dw is done with cols, so the two may share a buffer. */
-    FN(dense_backward)(dx ? dcols : NULL, dw, db, dout, z, a, cols, w, B * Lout, K * C, F,
+    FN(dense_backward)(dx ? dcols : NULL, dw, db, dout, z, a, cols, w, 0, B * Lout, K * C, F,
                        act, slope, gemm, nthreads);
     if (dx) FN(conv1d_col2im)(dx, dcols, B, L, C, Lout, K, stride, pad_left, nthreads);
 }

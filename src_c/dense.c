@@ -34,17 +34,20 @@ static void FN(bias_activation_rows)(real *z, real *a, const real *b, ptrdiff_t 
     }
 }
 
-void FN(dense_forward)(real *z, real *a, const real *x, const real *w, const real *b,
-                       int B, int C, int OC, int act, real slope, gemm_fn gemm, int nthreads)
+void FN(dense_forward)(real *z, real *a, const real *x, const real *w, int w_trans,
+                       const real *b, int B, int C, int OC, int act, real slope, gemm_fn gemm,
+                       int nthreads)
 {
     if (B <= 0 || OC <= 0) return;
+    /* w is (C x OC), rows OC apart, or its transpose, rows C apart */
+    int ldw = w_trans ? C : OC;
     /* z = x w + b and a = f(z) in one pass where the product kernel can apply f */
-    if (C > 0 && FN(gemm_bias_act)(z, a, OC, x, C, 0, w, OC, 0, B, OC, C, b, act, slope,
-                                   nthreads)) {
+    if (C > 0 && FN(gemm_bias_act)(z, a, OC, x, C, 0, w, ldw, w_trans, B, OC, C, b, act,
+                                   slope, nthreads)) {
         return;
     }
     if (C > 0) {
-        FN(gemm)(z, OC, x, C, 0, w, OC, 0, B, OC, C, gemm, nthreads); /* z = x w */
+        FN(gemm)(z, OC, x, C, 0, w, ldw, w_trans, B, OC, C, gemm, nthreads); /* z = x w */
     } else {
         for (ptrdiff_t i = 0; i < (ptrdiff_t)B * OC; i++) z[i] = 0;
     }
@@ -74,8 +77,8 @@ void FN(column_sums)(real *out, const real *m, int rows, int cols, int nthreads)
 }
 
 void FN(dense_backward)(real *dx, real *dw, real *db, real *dout, const real *z,
-                        const real *a, const real *x, const real *w, int B, int C, int OC,
-                        int act, real slope, gemm_fn gemm, int nthreads)
+                        const real *a, const real *x, const real *w, int w_trans, int B,
+                        int C, int OC, int act, real slope, gemm_fn gemm, int nthreads)
 {
     if (OC <= 0) return;
     if (B <= 0) {
@@ -88,13 +91,20 @@ void FN(dense_backward)(real *dx, real *dw, real *db, real *dout, const real *z,
     const real *dz = dout;
 
     if (C > 0) {
-        /* z = x w  =>  dw (C x OC) = x^T dz */
-        FN(gemm)(dw, OC, x, C, 1, dz, OC, 0, C, OC, B, gemm, nthreads);
+        if (w_trans) /* z = x w  =>  dw^T (OC x C) = dz^T x */
+            FN(gemm)(dw, C, dz, OC, 1, x, C, 0, OC, C, B, gemm, nthreads);
+        else /* z = x w  =>  dw (C x OC) = x^T dz */
+            FN(gemm)(dw, OC, x, C, 1, dz, OC, 0, C, OC, B, gemm, nthreads);
     }
     /* z = x w + b  =>  db = sum over rows of dz */
     if (db) FN(column_sums)(db, dz, B, OC, nthreads);
-    /* z = x w  =>  dx (B x C) = dz w^T */
-    if (dx && C > 0) FN(gemm)(dx, C, dz, OC, 0, w, OC, 1, B, C, OC, gemm, nthreads);
+    /* z = x w  =>  dx (B x C) = dz w^T (w^T is what w holds when w_trans) */
+    if (dx && C > 0) {
+        if (w_trans)
+            FN(gemm)(dx, C, dz, OC, 0, w, C, 0, B, C, OC, gemm, nthreads);
+        else
+            FN(gemm)(dx, C, dz, OC, 0, w, OC, 1, B, C, OC, gemm, nthreads);
+    }
 }
 
 #endif /* FASTNN_TEMPLATE */

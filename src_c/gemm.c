@@ -54,6 +54,16 @@ static int gemm_panels(int rows, double flops, int small)
     return 2 * pairs;
 }
 
+int gemm_dot_pays(int N, int K)
+{
+    /* k fills the 16 float lanes (at least 64 of it, 90% of the lanes) and the N output
+     * columns fill them clearly worse */
+    if (K < 64 || N < 1) return 0;
+    double over_k = (double)K / ((K + 15) / 16 * 16);
+    double over_n = (double)N / ((N + 15) / 16 * 16);
+    return over_k >= 0.9 && over_n < 0.85 * over_k;
+}
+
 /* The kernel packs b^T in column blocks into a stack buffer of this many bytes. */
 #define SMALL_PACK_BYTES 32768
 
@@ -300,6 +310,86 @@ SMALL_TARGET static void small_flipped_f32(float *out, int ldo, const float *a, 
         }
     }
 }
+
+/* The sums of the lanes of a, b, c, d, in lanes 0-3 (each sum added in a fixed order). */
+SMALL_INLINE __m128 sum4_f32(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+#define HALVES(v)                                   \
+    _mm256_add_ps(_mm512_castps512_ps256(v),        \
+                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    __m256 ab = _mm256_hadd_ps(HALVES(a), HALVES(b));
+    __m256 cd = _mm256_hadd_ps(HALVES(c), HALVES(d));
+#undef HALVES
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* One tile of the dot-product form: MR rows of a by NC rows of b (MR, NC <= 4), each
+ * output the sum over k of a[r][k] b[c][k], accumulated in 16 lanes (lane l takes k = l
+ * mod 16) and then summed across the lanes. */
+SMALL_INLINE void dot_tile_f32(float *out, int ldo, const float *a, int lda, const float *b,
+                               int ldb, int K, const int MR, const int NC)
+{
+    __m512 acc[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 av[4], bv[4];
+        for (int r = 0; r < MR; r++) av[r] = _mm512_loadu_ps(a + (ptrdiff_t)r * lda + k);
+        for (int c = 0; c < NC; c++) bv[c] = _mm512_loadu_ps(b + (ptrdiff_t)c * ldb + k);
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NC; c++) acc[r][c] = _mm512_fmadd_ps(av[r], bv[c], acc[r][c]);
+    }
+    if (k < K) {
+        __mmask16 tail = (__mmask16)((1u << (K - k)) - 1u);
+        __m512 av[4], bv[4];
+        for (int r = 0; r < MR; r++)
+            av[r] = _mm512_maskz_loadu_ps(tail, a + (ptrdiff_t)r * lda + k);
+        for (int c = 0; c < NC; c++)
+            bv[c] = _mm512_maskz_loadu_ps(tail, b + (ptrdiff_t)c * ldb + k);
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NC; c++) acc[r][c] = _mm512_fmadd_ps(av[r], bv[c], acc[r][c]);
+    }
+    for (int r = 0; r < MR; r++) {
+        __m512 zero = _mm512_setzero_ps();
+        __m128 sums = sum4_f32(acc[r][0], NC > 1 ? acc[r][1] : zero, NC > 2 ? acc[r][2] : zero,
+                               NC > 3 ? acc[r][3] : zero);
+        if (NC == 4) {
+            _mm_storeu_ps(out + (ptrdiff_t)r * ldo, sums);
+        } else {
+            float lanes[4];
+            _mm_storeu_ps(lanes, sums);
+            for (int c = 0; c < NC; c++) out[(ptrdiff_t)r * ldo + c] = lanes[c];
+        }
+    }
+}
+
+/* Rows [i0, i1) of out (N columns) = a b^T, a (M x K) and b (N x K) row-major: every
+ * output a dot product over the contiguous k of a row of a and a row of b. Where N fills
+ * the vectors of small_rows poorly and K fills them well (the forward product of a layer
+ * of 25 units over 400 inputs whose kernel is stored as units x inputs), this wastes no
+ * lanes; summing across the lanes costs a few operations per output. */
+/* MR rows of out = a b^T (rows of a and out at a and out), all N columns, in tiles of 4. */
+SMALL_INLINE void dot_rows_f32(float *out, int ldo, const float *a, int lda, const float *b,
+                               int ldb, int N, int K, const int MR)
+{
+    int j = 0;
+    for (; j + 4 <= N; j += 4)
+        dot_tile_f32(out + j, ldo, a, lda, b + (ptrdiff_t)j * ldb, ldb, K, MR, 4);
+    for (; j < N; j++) dot_tile_f32(out + j, ldo, a, lda, b + (ptrdiff_t)j * ldb, ldb, K, MR, 1);
+}
+
+SMALL_TARGET static void small_dot_rows_f32(float *out, int ldo, const float *a, int lda,
+                                            const float *b, int ldb, int i0, int i1, int N,
+                                            int K)
+{
+    int i = i0;
+    for (; i + 4 <= i1; i += 4)
+        dot_rows_f32(out + (ptrdiff_t)i * ldo, ldo, a + (ptrdiff_t)i * lda, lda, b, ldb, N, K, 4);
+    for (; i < i1; i++)
+        dot_rows_f32(out + (ptrdiff_t)i * ldo, ldo, a + (ptrdiff_t)i * lda, lda, b, ldb, N, K, 1);
+}
 #endif
 
 /* Rows [r0, r1) of the product by the kernel. b^T is first packed, a block of columns at
@@ -371,6 +461,18 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
 
+/* The kernel's dot-product form (small_dot_rows), as the `small` argument of product_rows. */
+#define SMALL_DOT 2
+
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+/* Whether out = a b^T (float) is better computed as dot products (small_dot_rows). */
+static int dot_pays_f32(int a_trans, int b_trans, int N, int K)
+{
+    return !a_trans && b_trans && gemm_dot_pays(N, K);
+}
+
+#endif
+
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
 /* Whether out = a^T b (float) is better computed flipped (small_flipped): when that fills
  * the kernel's vectors better over M than over N, the product is one panel (one that
@@ -394,6 +496,12 @@ static void FN(product_rows)(int small, real *out, int ldo, const real *a, int l
                              int N, int K, gemm_fn blas, const FN(epilogue) *ep)
 {
 #if FASTNN_SMALL_GEMM
+#if !FASTNN_DOUBLE
+    if (small == SMALL_DOT) {
+        small_dot_rows_f32(out, ldo, a, lda, b, ldb, r0, r1, N, K);
+        return;
+    }
+#endif
     if (small) {
         FN(small_product_rows)(out, ldo, a, lda, a_trans, b, ldb, b_trans, r0, r1, N, K, ep);
         return;
@@ -446,7 +554,9 @@ void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int
     }
     int small = FN(use_small)(method, b_trans, M, N, K);
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
-    if (small && method == GEMM_AUTO && flip_pays_f32(a_trans, b_trans, M, N, K)) {
+    if (method == GEMM_AUTO && gemm_small_available() && dot_pays_f32(a_trans, b_trans, N, K))
+        small = SMALL_DOT;
+    if (small == 1 && method == GEMM_AUTO && flip_pays_f32(a_trans, b_trans, M, N, K)) {
         unsigned int csr = fastnn_ftz_enter();
         small_flipped_f32(out, ldo, a, lda, b, ldb, M, N, K);
         fastnn_ftz_leave(csr);
@@ -471,6 +581,9 @@ int FN(gemm_bias_act)(real *z, real *act_out, int ldo, const real *a, int lda, i
     if (M <= 0 || N <= 0 || K <= 0) return 0;
     if (act != ACT_LINEAR && act != ACT_RELU && act != ACT_LEAKY_RELU) return 0;
     if (!FN(use_small)(GEMM_AUTO, b_trans, M, N, K)) return 0;
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+    if (dot_pays_f32(a_trans, b_trans, N, K)) return 0; /* gemm's dot products are faster */
+#endif
     FN(epilogue) ep = {bias, act_out, act, slope};
     FN(product_panels)(1, z, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, NULL, &ep,
                        nthreads);

@@ -17,7 +17,9 @@
  * A float weight gradient a^T b with few output columns (a layer of 25 units fills 25
  * of the kernel's 32 lanes) is computed under GEMM_AUTO as (b^T a)^T: the kernel then
  * vectorizes over the inputs, and the transpose back costs a few percent. The FMA chains
- * are the same, so are the bits.
+ * are the same, so are the bits. And a float a b^T whose inner dimension fills the
+ * vectors and whose N does not (gemm_dot_pays) runs as dot products over k, summed
+ * across the lanes at the end: another order of additions, so other rounding.
  * GEMM_AUTO picks by the sizes alone. Either way the M rows are cut into panels whose
  * boundaries depend only on the sizes, and each panel is computed by one thread (one
  * single-threaded BLAS call, or the kernel), so results are bit-identical whatever the
@@ -36,6 +38,12 @@ enum { GEMM_AUTO = 0, GEMM_BLAS = 1, GEMM_SMALL = 2 };
 /* Whether this CPU runs the GEMM_SMALL kernel (otherwise GEMM_SMALL means GEMM_BLAS);
  * the environment variable FASTNN_SMALL_GEMM=0, read at first use, turns it off. */
 int gemm_small_available(void);
+
+/* Whether a float product a b^T (b: N x K, row-major) runs as dot products over k, by
+ * the sizes alone (the same answer on every machine): where k fills the kernel's vectors
+ * and N would not. Where the kernel runs, GEMM_AUTO then computes it so. The dense
+ * layers store a kernel transposed when its forward product would (dense.h). */
+int gemm_dot_pays(int N, int K);
 
 #define FASTNN_DECLARE_GEMM(real, sfx, gemm_t)                                              \
     void gemm_##sfx(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, \

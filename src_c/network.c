@@ -255,11 +255,11 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
         switch (L->kind) {
         case LAYER_DENSE:
             if (skips_output_activation(m, i, training))
-                FN(dense_forward)(z, z, in, L->w, L->b, B, L->in_dim, L->out_dim, ACT_LINEAR,
-                                  0, (gemm_fn)m->gemm, nthreads);
+                FN(dense_forward)(z, z, in, L->w, L->w_trans, L->b, B, L->in_dim, L->out_dim,
+                                  ACT_LINEAR, 0, (gemm_fn)m->gemm, nthreads);
             else
-                FN(dense_forward)(z, a, in, L->w, L->b, B, L->in_dim, L->out_dim, L->act,
-                                  (real)L->slope, (gemm_fn)m->gemm, nthreads);
+                FN(dense_forward)(z, a, in, L->w, L->w_trans, L->b, B, L->in_dim, L->out_dim,
+                                  L->act, (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
         case LAYER_CONV1D:
             FN(conv1d_forward)(z, a, (real *)ws->sbuf[i] + (ptrdiff_t)r0 * scratch_per_sample(L),
@@ -402,8 +402,8 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
         ptrdiff_t count = (ptrdiff_t)B * L->out_dim;
         switch (L->kind) {
         case LAYER_DENSE:
-            FN(dense_backward)(d_in, dw, db, d, z, a, in, L->w, B, L->in_dim, L->out_dim, act,
-                               (real)L->slope, (gemm_fn)m->gemm, nthreads);
+            FN(dense_backward)(d_in, dw, db, d, z, a, in, L->w, L->w_trans, B, L->in_dim,
+                               L->out_dim, act, (real)L->slope, (gemm_fn)m->gemm, nthreads);
             break;
         case LAYER_CONV1D: {
             real *cols = (real *)ws->sbuf[i] + (ptrdiff_t)r0 * scratch_per_sample(L);

@@ -55,6 +55,7 @@ typedef struct {
     double l2_per_batch; /* L2 penalty on the kernel, scikit-learn's form: the loss gains
                             0.5 l2 ||w||^2 / B and dw gains l2 w / B (B: batch rows, or
                             the sum of the batch's sample weights when weighted) */
+    int w_trans;        /* dense: w (and dw) stored transposed, out_dim x in_dim (dense.h) */
     void *w, *b;        /* parameters (b NULL without bias), views into the model buffer */
     void *dw, *db;      /* their gradients, views into the gradient buffer */
 } nn_layer;

@@ -144,3 +144,34 @@ def test_shape_checks(dtype):
     z = np.zeros((3, 2), dtype)
     with pytest.raises(ValueError):
         K.dense_backward(np.zeros((3, 3), dtype), z, z, x, np.zeros((4, 2), dtype), 0)
+
+
+# (B, C, OC): shapes whose transposed kernel takes the dot-product forward (400 -> 25,
+# 64 -> 1, 128 -> 17) and ones that do not (13 -> 11, 3 -> 1000).
+TRANSPOSED_SIZES = [(32, 400, 25), (7, 64, 1), (5, 128, 17), (7, 13, 11), (40, 3, 1000)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("size", TRANSPOSED_SIZES)
+@pytest.mark.parametrize("name", ["sigmoid", "relu", "softmax"])
+def test_transposed_kernel_matches_reference(name, size, dtype):
+    """w_trans: the kernel given (and its gradient returned) as (units, inputs); the same
+    layer as the reference's with w = its transpose."""
+    rng = np.random.default_rng(seed_of(name, size, "trans"))
+    x, w, b = problem(rng, *size, dtype)
+    wt = np.ascontiguousarray(w.T)
+    z, a = K.dense_forward(x, wt, b, K.ACTIVATIONS[name], nthreads=2, w_trans=True)
+    z_ref, a_ref = ref.dense_forward(x, w, b, name)
+    close(z, z_ref, dtype, "z")
+    close(a, a_ref, dtype, "a")
+    z, a = (t.astype(dtype) for t in (z_ref, a_ref))
+    da = rng.standard_normal(z.shape).astype(dtype)
+    dx, dwt, db = K.dense_backward(da, z, a, x, wt, K.ACTIVATIONS[name], nthreads=2,
+                                   w_trans=True)
+    dx_ref, dw_ref, db_ref = ref.dense_backward(da, x, w, z, a, name)
+    assert dwt.shape == wt.shape
+    close(dwt.T, dw_ref, dtype, "dw")
+    close(db, db_ref, dtype, "db")
+    close(dx, dx_ref, dtype, "dx")
+    with pytest.raises(ValueError, match="w"):
+        K.dense_forward(x, w, b, K.ACTIVATIONS[name], w_trans=True)  # (in, units) given

@@ -225,3 +225,46 @@ def test_flipped_weight_gradients_have_the_kernels_bits():
     nan[2, 5] = np.nan
     out = K.gemm(nan, np.ones((8, 3), np.float32), True, False, "auto")
     assert np.isnan(out[5]).all() and np.isfinite(np.delete(out, 5, axis=0)).all()
+
+
+# (M, N, K) whose a b^T takes the dot-product form: inner sizes that fill the vectors, or
+# nearly (127, 255: a masked last chunk), output widths that do not (1-4 column tails).
+DOT_SHAPES = [(32, 25, 400), (7, 25, 400), (33, 1, 64), (5, 3, 127), (100, 10, 784),
+              (4, 17, 128), (1, 2, 400), (13, 9, 255), (6, 7, 64)]
+
+
+@needs_small
+@pytest.mark.parametrize("m,n,k", DOT_SHAPES)
+def test_dot_product_form_matches_reference(m, n, k):
+    assert K.dense_kernel_transposed(k, n, False)  # these shapes take the dot products
+    assert not K.dense_kernel_transposed(k, n, True)  # (float only)
+    rng = np.random.default_rng(zlib.crc32(repr(("dot", m, n, k)).encode()))
+    a, b = operands(rng, m, n, k, False, True, np.float32)
+    out = K.gemm(a, b, False, True)
+    check(out, ref.gemm(a, b, False, True), k, np.float32, f"dot {m}x{n}x{k}")
+    np.testing.assert_allclose(out, K.gemm(a, b, False, True, "blas"), rtol=1e-4, atol=1e-4)
+
+
+@needs_small
+def test_dot_product_form_propagates_nan_and_splits_alike_on_threads():
+    rng = np.random.default_rng(5)
+    a, b = operands(rng, 2000, 25, 400, False, True, np.float32)
+    a[3, 17] = np.nan
+    b[24, 399] = np.inf
+    one, two = K.gemm(a, b, False, True, nthreads=1), K.gemm(a, b, False, True, nthreads=2)
+    assert np.array_equal(one, two, equal_nan=True)
+    assert np.isnan(one[3]).all()
+    assert not np.isfinite(one[:, 24]).any()
+    assert np.isfinite(np.delete(np.delete(one, 3, axis=0), 24, axis=1)).all()
+
+
+def test_dot_product_choice_depends_on_sizes_only():
+    # 400 inputs fill 25 vectors; 25 units fill 25 of 32 lanes: dot products pay
+    assert K.dense_kernel_transposed(400, 25, False)
+    # 100 units fill 100 of 112 lanes, 64 inputs all of 64: not enough to pay
+    assert not K.dense_kernel_transposed(64, 100, False)
+    # short or poorly fitting inner sizes never
+    assert not K.dense_kernel_transposed(32, 1, False)
+    assert not K.dense_kernel_transposed(65, 1, False)
+    # full output vectors never
+    assert not K.dense_kernel_transposed(784, 256, False)

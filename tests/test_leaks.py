@@ -19,8 +19,8 @@ from fastnn.layers import Conv1D, Dense, Dropout, Flatten, MaxPooling1D
 CYCLES = 200
 WARMUP = 40
 SAMPLE_EVERY = 20
-# Allowed growth after warm-up: allocator and interpreter noise (arenas, caches) stay
-# well under this; one leaked workspace per cycle would be about 1 MB x 160 cycles.
+# Allowed growth of the resident memory's levels between the halves of the run after
+# warm-up: one leaked workspace per cycle would be about 1 MB x 80 cycles.
 BOUND_MB = 12
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm") or
@@ -71,11 +71,13 @@ def test_repeated_cycles_keep_resident_memory_flat(tmp_path):
             gc.collect()
             curve.append((i + 1, round(rss_mb(), 1)))
     after_warmup = [mb for n, mb in curve if n >= WARMUP]
-    growth = after_warmup[-1] - after_warmup[0]
     report = "RSS (MB) after cycles: " + ", ".join(f"{n}: {mb}" for n, mb in curve)
-    print(f"\n{report}\ngrowth after {WARMUP} cycles of warm-up: {growth:.1f} MB",
-          file=sys.stderr)
-    assert growth < BOUND_MB, report
-    # and no steady climb: the second half grows no more than the bound's half
-    half = after_warmup[len(after_warmup) // 2:]
-    assert half[-1] - half[0] < BOUND_MB / 2, report
+    # The allocator keeps some freed memory (glibc's arenas): samples move between two or
+    # three levels tens of megabytes apart, whichever cycle they land on, with or without
+    # fastnn's kernels. A leak lifts the floor under them, so compare the lowest sample of
+    # the run's second half with the first half's.
+    first, second = after_warmup[:len(after_warmup) // 2], after_warmup[len(after_warmup) // 2:]
+    low = min(second) - min(first)
+    print(f"\n{report}\nafter {WARMUP} cycles of warm-up, the second half's lowest sample "
+          f"grew {low:.1f} MB", file=sys.stderr)
+    assert low < BOUND_MB, report

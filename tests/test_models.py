@@ -1118,3 +1118,58 @@ def test_from_logits_loss_matches_formula_for_huge_logits():
     model.set_weights([np.full((1, 1), HUGE), np.zeros(1)])
     model.compile(optimizer="sgd", loss=BinaryCrossentropy(from_logits=True))
     assert model.evaluate(x, y) == pytest.approx(bce_from_logits(x * HUGE, y[:, None]), rel=1e-5)
+
+
+# ---- kernels stored transposed ------------------------------------------------------------
+
+def course_model(transposed=True, monkeypatch=None):
+    """The course's 400-25-15-1 float32 network; transposed=False forces every kernel into
+    the (in, units) layout for comparison."""
+    if not transposed:
+        monkeypatch.setattr(fastnn.layers, "dense_kernel_transposed", lambda *a: False)
+    set_random_seed(4)
+    model = Sequential([Dense(25, activation="sigmoid"), Dense(15, activation="sigmoid"),
+                        Dense(1, activation="sigmoid")])
+    model.compile(optimizer=Adam(0.01), loss="binary_crossentropy", metrics=["accuracy"])
+    model.build((None, 400))
+    return model
+
+
+def test_transposed_kernel_is_an_ordinary_weight(monkeypatch):
+    """A Dense layer that stores its kernel as (units, in) (400 inputs to 25 units, float32)
+    shows it as Keras does, (in, units), through get_weights, set_weights, the layer's
+    params and predict; training equals the same model laid out plainly, to rounding."""
+    model = course_model()
+    assert [layer.kernel_transposed for layer in model.layers] == [True, False, False]
+    kernel = model.layers[0].params[0]
+    assert kernel.shape == (400, 25) and not kernel.flags.c_contiguous
+    assert np.shares_memory(kernel, model._params)
+    weights = model.get_weights()
+    assert [w.shape for w in weights] == [(400, 25), (25,), (25, 15), (15,), (15, 1), (1,)]
+    rng = np.random.default_rng(8)
+    new = [rng.standard_normal(w.shape) * 0.1 for w in weights]
+    model.set_weights(new)
+    for got, want in zip(model.get_weights(), new):
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    # the buffer holds the kernel transposed
+    np.testing.assert_array_equal(model._params[:10000].reshape(25, 400),
+                                  new[0].astype(np.float32).T)
+    x = rng.standard_normal((64, 400)).astype(np.float32)
+    y = (rng.random((64, 1)) < 0.5).astype(np.float32)
+    a = x.astype(np.float64)
+    for w, b in zip(new[::2], new[1::2]):
+        a = 1 / (1 + np.exp(-(a @ w.astype(np.float32) + b.astype(np.float32))))
+    np.testing.assert_allclose(model.predict(x, verbose=0), a, rtol=1e-5, atol=1e-6)
+
+    plain = course_model(transposed=False, monkeypatch=monkeypatch)
+    assert not any(layer.kernel_transposed for layer in plain.layers)
+    plain.set_weights(new)
+    h1 = model.fit(x, y, batch_size=16, epochs=3, verbose=0, seed=2)
+    h2 = plain.fit(x, y, batch_size=16, epochs=3, verbose=0, seed=2)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
+    for got, want in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # optimizer state in get_weights order is the same state whichever the layout
+    for s1, s2 in zip(model.optimizer.slots, plain.optimizer.slots):
+        np.testing.assert_allclose(model._to_weights_order(s1), s2, rtol=1e-3, atol=1e-9)
+        np.testing.assert_array_equal(model._from_weights_order(model._to_weights_order(s1)), s1)

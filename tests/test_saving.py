@@ -883,3 +883,39 @@ def test_a_failed_load_changes_nothing(tmp_path, trained):
     with pytest.raises(ValueError):
         load_model(tmp_path / "bad.fastnn")
     assert fnconfig.rng().bit_generator.state == rng_state and Layer._counts == counts
+
+
+def test_transposed_kernel_model_resumes_exactly_and_files_keep_weights_order(tmp_path):
+    """A float32 400 -> 25 Dense layer keeps its kernel as (units, in) in memory; its file
+    holds the kernel and the optimizer state in get_weights order (the documented layout),
+    and fit, save, load, fit equals the uninterrupted fits bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((96, 400)).astype(np.float32)
+    y = (rng.random((96, 1)) < 0.5).astype(np.float32)
+
+    def model():
+        set_random_seed(1)
+        m = Sequential([Dense(25, activation="sigmoid"), Dense(1, activation="sigmoid")])
+        m.compile(optimizer=Adam(0.01), loss="binary_crossentropy")
+        return m
+
+    reference = model()
+    reference.fit(x, y, epochs=2, batch_size=32, verbose=0, seed=11)
+    reference.fit(x, y, epochs=2, batch_size=32, verbose=0, seed=12)
+    resumed = model()
+    resumed.fit(x, y, epochs=2, batch_size=32, verbose=0, seed=11)
+    assert resumed.layers[0].kernel_transposed
+    path = tmp_path / "m.fastnn"
+    resumed.save(path)
+    with zipfile.ZipFile(path) as z:
+        m = np.load(io.BytesIO(z.read("optimizer/slot_0.npy")))
+        kernel = np.load(io.BytesIO(z.read("weights/0000.npy")))
+    np.testing.assert_array_equal(kernel, resumed.get_weights()[0])
+    # the first 10000 state values are the kernel's, raveled as the (400, 25) kernel
+    m_kernel = np.asarray(resumed.layers[0].storage_view(0, resumed.optimizer.slots[0][:10000]))
+    np.testing.assert_array_equal(m[:10000], m_kernel.ravel())
+    resumed = load_model(path)
+    resumed.fit(x, y, epochs=2, batch_size=32, verbose=0, seed=12)
+    assert same_weights(reference, resumed)
+    for a, b in zip(reference.optimizer.slots, resumed.optimizer.slots):
+        assert np.array_equal(a, b)

@@ -485,6 +485,29 @@ def test_coefs_are_the_network_weights():
                                rtol=1e-10)
 
 
+def test_coefs_of_a_kernel_stored_transposed():
+    """float32, 64 inputs to 25 units: the network keeps that kernel as (25, 64); coefs_[0]
+    is still the (64, 25) kernel, a view the network follows."""
+    X, y = _scaled(load_digits)
+    X = X.astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(25,), random_state=0, max_iter=5).fit(X, y)
+    assert clf._model.layers[0].kernel_transposed
+    assert [c.shape for c in clf.coefs_] == [(64, 25), (25, 10)]
+
+    def forward(coefs, intercepts):
+        a = np.maximum(X.astype(np.float64) @ coefs[0] + intercepts[0], 0) @ coefs[1] + intercepts[1]
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(clf.predict_proba(X), forward(clf.coefs_, clf.intercepts_),
+                               rtol=1e-4, atol=1e-6)
+    clf.coefs_[0][:5] = 0  # in place: the network follows
+    np.testing.assert_allclose(clf.predict_proba(X), forward(clf.coefs_, clf.intercepts_),
+                               rtol=1e-4, atol=1e-6)
+    ours = clf.fit(X, y).score(X, y)
+    theirs = skl.MLPClassifier(hidden_layer_sizes=(25,), random_state=0, max_iter=5).fit(X, y).score(X, y)
+    assert abs(ours - theirs) < 0.02
+
+
 # ---- model selection, pickle -------------------------------------------------------------
 
 def test_pickle_and_clone():
