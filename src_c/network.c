@@ -125,7 +125,11 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
         total += aligned_size((size_t)batch * scratch_per_sample(&m->layers[i]) * elem);
     }
     size_t part_grad_bytes = aligned_size((size_t)m->n_params * elem);
-    if (ws->parts > 1) total += part_grad_bytes * (size_t)ws->parts;
+    size_t replica_layer_bytes = aligned_size(sizeof(nn_layer) * (size_t)nl);
+    if (ws->parts > 1) {
+        total += part_grad_bytes * 2 * (size_t)ws->parts;
+        total += (part_grad_bytes * 4 + replica_layer_bytes) * (size_t)(ws->parts - 1);
+    }
     ws->block = malloc(total + ALIGN_BYTES);
     if (!ws->block) {
         network_workspace_free(ws);
@@ -157,7 +161,13 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
             p += aligned_size(scratch);
         }
     }
-    ws->part_grads = ws->parts > 1 ? p : NULL;
+    if (ws->parts > 1) {
+        ws->part_grads = p;
+        p += part_grad_bytes * 2 * (size_t)ws->parts;
+        ws->replicas = p;
+        p += part_grad_bytes * 4 * (size_t)(ws->parts - 1);
+        ws->replica_layers = (nn_layer *)p;
+    }
     return ws;
 }
 
@@ -518,12 +528,29 @@ static double FN(step_weight)(const real *weights, const int64_t *order, ptrdiff
     return total;
 }
 
-/* The L2 term restricted to parameters [q0, q1) of the model's buffer: returns its share
- * of the loss (0.5 l2 ||w||^2 / batch_weight over the kernel elements in the range, as
- * output_loss adds it whole) and adds its gradient, l2 w / batch_weight, to g (the
- * range's gradient, g[0] for parameter q0), as backward does. */
+/* out[0..n) = a + b (add) or a (copy). */
+FASTNN_VECTORIZED
+static void FN(add_rows)(real *out, const real *a, const real *b, int add, ptrdiff_t n)
+{
+    if (add) {
+        for (ptrdiff_t q = 0; q < n; q++) out[q] = a[q] + b[q];
+    } else {
+        for (ptrdiff_t q = 0; q < n; q++) out[q] = a[q];
+    }
+}
+
+/* out[0..n) += c * w. */
+FASTNN_VECTORIZED
+static void FN(add_scaled)(real *out, const real *w, real c, ptrdiff_t n)
+{
+    for (ptrdiff_t q = 0; q < n; q++) out[q] += c * w[q];
+}
+
+/* The L2 term's share of the loss over parameters [q0, q1) of the buffer params (whose
+ * kernels the layers' w point into): 0.5 l2 ||w||^2 / batch_weight over the kernel
+ * elements in the range, as output_loss adds it over all of them. */
 static double FN(l2_range)(const nn_model *m, const real *params, double batch_weight,
-                           ptrdiff_t q0, ptrdiff_t q1, real *g)
+                           ptrdiff_t q0, ptrdiff_t q1)
 {
     double value = 0;
     for (int i = 0; i < m->n_layers; i++) {
@@ -531,28 +558,45 @@ static double FN(l2_range)(const nn_model *m, const real *params, double batch_w
         if (L->l2_per_batch <= 0 || !L->w) continue;
         ptrdiff_t w0 = (const real *)L->w - params, w1 = w0 + FN(kernel_size)(L);
         ptrdiff_t lo = w0 > q0 ? w0 : q0, hi = w1 < q1 ? w1 : q1;
-        if (lo >= hi) continue;
-        value += 0.5 * L->l2_per_batch * FN(sum_of_squares)(params + lo, hi - lo) / batch_weight;
-        if (g) {
-            real c = (real)(L->l2_per_batch / batch_weight);
-            for (ptrdiff_t k = lo; k < hi; k++) g[k - q0] += c * params[k];
-        }
+        if (lo < hi)
+            value += 0.5 * L->l2_per_batch * FN(sum_of_squares)(params + lo, hi - lo) /
+                     batch_weight;
     }
     return value;
 }
 
+/* The step's gradient from the parts' (grads + c * apart, c < parts): their sum in part
+ * order, plus the L2 term's gradient l2 w / batch_weight on every kernel, as backward
+ * adds it. */
+static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdiff_t apart,
+                          int parts, const real *params, ptrdiff_t n, double batch_weight)
+{
+    FN(add_rows)(out, grads, grads + apart, parts > 1, n);
+    for (int c = 2; c < parts; c++) FN(add_rows)(out, out, grads + c * apart, 1, n);
+    for (int i = 0; i < m->n_layers; i++) {
+        const nn_layer *L = &m->layers[i];
+        if (L->l2_per_batch <= 0 || !L->w) continue;
+        ptrdiff_t w0 = (const real *)L->w - params;
+        FN(add_scaled)(out + w0, params + w0, (real)(L->l2_per_batch / batch_weight),
+                       FN(kernel_size)(L));
+    }
+}
+
 /* network_train for a workspace whose batches are cut into parts (network_parts): one
- * OpenMP region for all the steps. In each step, part c (of `parts`) runs the forward,
- * loss and backward of its rows into gradient buffer c, and adds the L2 term's loss over
- * parameter range c; after a barrier, range c of the model's gradient becomes the sum of
- * the parts' gradients (in part order) plus the L2 term's, and range c of the
- * parameters is updated; a second barrier ends the step. Thread t runs parts and ranges
- * t, t + T, ... . Each gradient buffer is written by one thread and only read by the
- * other, and each range of the model's gradient and optimizer slots is touched by one
- * thread only: what one core writes and another reads costs a transfer between their
- * caches (several nanoseconds per cache line), which this keeps to the one exchange of
- * gradients and parameters a step needs. The parts and ranges are the same on any
- * number of threads, so the results are too. */
+ * OpenMP region for all the steps, thread t running parts t, t + T, ... of each step.
+ * Every thread keeps a replica of the parameters and the optimizer state (thread 0 the
+ * model's own; the others theirs in the workspace, copied from the model's at the start).
+ * In each step, part c runs the forward, loss and backward of its rows on its thread's
+ * replica into gradient buffer c (of the step's parity), and adds its share of the L2
+ * loss (parameter range c); after one barrier every thread adds the parts' gradients, in
+ * part order, and the L2 term's, and updates its whole replica: the same numbers from the
+ * same numbers, so the replicas stay equal bit for bit, and equal to what one thread
+ * running every part computes. What one core writes and another has read costs a
+ * transfer between their caches; here only the gradients cross, once a step (read while
+ * their writer has moved on to the other parity's buffers), where updating shared
+ * parameters by ranges made every parameter cross twice and an update stall on each
+ * (measured slower than one thread on small models). The parts and sums are the same on
+ * any number of threads, so the results are too. */
 static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                                const real *x, const real *y, int y_width,
                                const real *weights, const int64_t *order, ptrdiff_t n,
@@ -561,12 +605,13 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                                int nthreads)
 {
     enum { MAX_PARTS = 2 };
-    double part_loss[MAX_PARTS], part_metrics[MAX_PARTS][NN_MAX_METRICS];
+    /* by the step's parity: a thread may write the next step's while thread 0 reads */
+    double part_loss[2][MAX_PARTS], part_metrics[2][MAX_PARTS][NN_MAX_METRICS];
     int in_dim = m->layers[0].in_dim;
-    real *params = opt->params, *model_grads = opt->grads;
+    const real *model_params = opt->params, *model_grads = opt->grads;
     ptrdiff_t n_params = opt->n_params;
-    /* the parts' gradient buffers start on cache lines of their own */
-    ptrdiff_t grads_apart = (ptrdiff_t)(aligned_size((size_t)n_params * sizeof(real)) / sizeof(real));
+    /* buffers of n_params values, each starting on a cache line of its own */
+    ptrdiff_t apart = (ptrdiff_t)(aligned_size((size_t)n_params * sizeof(real)) / sizeof(real));
     long long start_iterations = opt->iterations, taken = 0;
     int nt = nthreads < ws->parts ? nthreads : ws->parts;
     if (nt < 1) nt = 1;
@@ -581,6 +626,32 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
         tid = omp_get_thread_num();
         T = omp_get_num_threads();
 #endif
+        /* this thread's model and optimizer: the given ones, or a replica */
+        const nn_model *mt = m;
+        nn_model replica_model;
+        nn_optimizer replica_opt, *ot = opt;
+        if (tid > 0) {
+            real *r = (real *)ws->replicas + (ptrdiff_t)(tid - 1) * 4 * apart;
+            nn_layer *layers = ws->replica_layers + (ptrdiff_t)(tid - 1) * m->n_layers;
+            memcpy(r, model_params, sizeof(real) * (size_t)n_params);
+            memcpy(r + apart, opt->slot1, sizeof(real) * (size_t)n_params);
+            memcpy(r + 2 * apart, opt->slot2, sizeof(real) * (size_t)n_params);
+            for (int i = 0; i < m->n_layers; i++) {
+                layers[i] = m->layers[i];
+                if (layers[i].w) layers[i].w = r + ((const real *)m->layers[i].w - model_params);
+                if (layers[i].b) layers[i].b = r + ((const real *)m->layers[i].b - model_params);
+            }
+            replica_model = *m;
+            replica_model.layers = layers;
+            mt = &replica_model;
+            replica_opt = *opt;
+            replica_opt.params = r;
+            replica_opt.slot1 = r + apart;
+            replica_opt.slot2 = r + 2 * apart;
+            replica_opt.grads = r + 3 * apart;
+            ot = &replica_opt;
+        }
+        real *params = ot->params, *summed = ot->grads;
         long long t = start_iterations;
         for (ptrdiff_t step = step_begin; step < step_end; step++) {
             ptrdiff_t r0 = step * ws->batch;
@@ -597,48 +668,39 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
             }
             int parts = network_parts(m, B);
             if (parts > ws->parts) parts = ws->parts;
+            int parity = (int)(step & 1);
+            real *step_grads = (real *)ws->part_grads + (ptrdiff_t)parity * ws->parts * apart;
             for (int c = tid; c < parts; c += T) {
                 int p0 = (int)((long long)B * c / parts), p1 = (int)((long long)B * (c + 1) / parts);
                 const real *xp = (const real *)ws->xb + (ptrdiff_t)p0 * in_dim;
                 const real *yp = (const real *)ws->yb + (ptrdiff_t)p0 * y_width;
                 const real *wp = weights ? (const real *)ws->wb + p0 : NULL;
-                real *grads = (real *)ws->part_grads + c * grads_apart;
                 FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
-                FN(forward)(m, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
-                part_loss[c] = FN(output_loss)(m, ws, yp, wp, batch_weight, p0, p1 - p0, 1,
-                                               0, 1) +
-                               FN(l2_range)(m, params, batch_weight, n_params * c / parts,
-                                            n_params * (c + 1) / parts, NULL);
-                for (int k = 0; k < m->n_metrics; k++) part_metrics[c][k] = 0;
-                FN(add_metrics)(m, ws, yp, wp, batch_weight, p0, p1 - p0, B, 1,
-                                part_metrics[c]);
-                FN(backward)(m, ws, xp, p0, p1 - p0, batch_weight, grads, model_grads, 0, 1);
+                FN(forward)(mt, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
+                part_loss[parity][c] =
+                    FN(output_loss)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, 1, 0, 1) +
+                    FN(l2_range)(mt, params, batch_weight, n_params * c / parts,
+                                 n_params * (c + 1) / parts);
+                for (int k = 0; k < m->n_metrics; k++) part_metrics[parity][c][k] = 0;
+                FN(add_metrics)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, B, 1,
+                                part_metrics[parity][c]);
+                FN(backward)(mt, ws, xp, p0, p1 - p0, batch_weight, step_grads + c * apart,
+                             model_grads, 0, 1);
             }
 #ifdef _OPENMP
             #pragma omp barrier
 #endif
             t += 1;
-            for (int c = tid; c < parts; c += T) {
-                ptrdiff_t q0 = n_params * c / parts, q1 = n_params * (c + 1) / parts;
-                const real *g0 = (const real *)ws->part_grads;
-                for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] = g0[q];
-                for (int part = 1; part < parts; part++) {
-                    const real *gp = (const real *)ws->part_grads + part * grads_apart;
-                    for (ptrdiff_t q = q0; q < q1; q++) model_grads[q] += gp[q];
-                }
-                FN(l2_range)(m, params, batch_weight, q0, q1, model_grads + q0);
-                FN(optimizer_update)(opt, t, q0, q1, 1);
-            }
+            FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
+                          batch_weight);
+            FN(optimizer_update)(ot, t, 0, n_params, 1);
             if (tid == 0) {
                 double s = 0;
-                for (int c = 0; c < parts; c++) s += part_loss[c];
+                for (int c = 0; c < parts; c++) s += part_loss[parity][c];
                 *loss_sum += s * B;
                 for (int k = 0; k < m->n_metrics; k++)
-                    for (int c = 0; c < parts; c++) metric_sums[k] += part_metrics[c][k];
+                    for (int c = 0; c < parts; c++) metric_sums[k] += part_metrics[parity][c][k];
             }
-#ifdef _OPENMP
-            #pragma omp barrier
-#endif
         }
         taken = t - start_iterations;
         fastnn_ftz_leave(csr);

@@ -95,7 +95,10 @@ typedef struct {
     void **sbuf;        /* per-layer scratch: im2col (conv1d), argmax (maxpool1d) */
     void **z, **a;      /* per-layer pointers used by the last forward pass */
     int parts;          /* training: row parts of a full batch (network_parts) */
-    void *part_grads;   /* gradient buffers of the parts, one each (cache-line aligned) */
+    void *part_grads;   /* gradient buffers of the parts, two each (steps alternate) */
+    void *replicas;     /* threads 1.. of the parts: parameters, optimizer slots and summed
+                           gradient of their own (network.c: train_in_parts) */
+    nn_layer *replica_layers; /* their layers, pointing into their parameters */
 } nn_workspace;
 
 /* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:
@@ -104,9 +107,10 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
 
 /* How many parts a training step cuts a batch of B rows into. Each part (a contiguous
  * range of rows) runs its forward, loss and backward on one thread into a gradient
- * buffer of its own; the buffers are then added in part order and the optimizer updates
- * the parameters, split over the threads: one fork per call and two barriers per step,
- * where splitting each product instead forks and joins a dozen times per step. The count
+ * buffer of its own; the buffers are then added in part order and every thread updates
+ * its own copy of the parameters (network.c: train_in_parts): one fork per call and one
+ * barrier per step, where splitting each product instead forks and joins a dozen times
+ * per step. The count
  * depends on the sizes only, never on the threads, so the results do not either: 2 for
  * steps of 2 MFLOP or more whose work is large beside the parameter count (the gradient
  * sum costs one pass over the parameters per extra part), 1 otherwise (one part: every
