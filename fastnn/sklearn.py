@@ -454,10 +454,8 @@ class _BaseMLP(BaseEstimator):
                 for _ in range(self.max_iter):
                     if self.shuffle:
                         # sklearn.utils.shuffle(sample_idx, random_state=rs), without its
-                        # overhead: the same draws
-                        perm = np.arange(n_samples)
-                        rs.shuffle(perm)
-                        sample_idx = sample_idx[perm]
+                        # overhead: the same draws and swaps, on sample_idx in place
+                        rs.shuffle(sample_idx)
                     if sw_train is not None:
                         self._check_batch_weights(sw_train, sample_idx, batch_starts)
                     opt.learning_rate = schedule.learning_rate
