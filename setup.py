@@ -67,7 +67,8 @@ extensions = [
         sources=["fastnn/_kernels.pyx"] + [f"src_c/{name}.c" for name in KERNEL_SOURCES],
         include_dirs=["src_c", np.get_include()],
         depends=[f"src_c/{name}.h" for name in KERNEL_SOURCES]
-        + ["src_c/common.h", "src_c/real_begin.h", "src_c/real_end.h", "fastnn/_network.pxi"],
+        + ["src_c/common.h", "src_c/simd16.h", "src_c/real_begin.h", "src_c/real_end.h",
+           "fastnn/_network.pxi"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

@@ -6,37 +6,12 @@
 #include <stdint.h>
 #include <string.h>
 #include "activations.h"
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#include <immintrin.h>
+#include "simd16.h"
+#if FASTNN_SIMD16
 
 int softmax_row16_available(void)
 {
     return __builtin_cpu_supports("avx512f");
-}
-
-/* exp_nonpositive_f32 on 16 lanes: the same operations in the same order (no fused
- * multiply-adds), so each lane has the scalar function's bits. */
-__attribute__((target("avx512f"))) static inline __m512 exp_nonpositive_x16(__m512 x)
-{
-    const __m512 shift = _mm512_set1_ps(12582912.0f), lowest = _mm512_set1_ps(-87.33f);
-    __m512 xc = _mm512_max_ps(lowest, x); /* NaN stays NaN: max returns its second operand */
-    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                           shift), shift);
-    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
-    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-    __m512 e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
-                             _mm512_set1_ps(1.0f));
-    __m512 n_defined = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(n, n, _CMP_ORD_Q), n);
-    __m512i bits = _mm512_slli_epi32(
-        _mm512_add_epi32(_mm512_cvttps_epi32(n_defined), _mm512_set1_epi32(127)), 23);
-    __m512 value = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
-    return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, lowest, _CMP_LT_OQ), value);
 }
 
 __attribute__((target("avx512f"))) float softmax_row16_f32(float *e, const float *z, int K,

@@ -11,7 +11,7 @@
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) \
     && !defined(FASTNN_NO_SMALL_GEMM)
 #define FASTNN_SMALL_GEMM 1
-#include <immintrin.h>
+#include "simd16.h"
 #define SMALL_TARGET __attribute__((target("avx512f")))
 #define SMALL_INLINE static inline __attribute__((always_inline)) SMALL_TARGET
 #else
@@ -248,39 +248,6 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
 #undef SMALL_TILE
 
 #if !FASTNN_DOUBLE
-/* Transposes 16 x 16 floats in registers: r[i] holds row i before, column i after.
- * Unpacks interleave rows in pairs (32-bit) and quads (64-bit) within each 128-bit lane,
- * leaving r[4q + c] with quad q's values of columns c, c + 4, c + 8, c + 12 in lanes
- * 0-3; two rounds of 128-bit lane shuffles then gather each column's four quads. */
-SMALL_INLINE void transpose_16x16_f32(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int q = 0; q < 4; q++) {
-        __m512d lo = _mm512_castps_pd(t[4 * q]), lo2 = _mm512_castps_pd(t[4 * q + 2]);
-        __m512d hi = _mm512_castps_pd(t[4 * q + 1]), hi2 = _mm512_castps_pd(t[4 * q + 3]);
-        r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
-        r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
-        r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
-        r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
-    }
-    for (int c = 0; c < 4; c++) {
-        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
-        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
-        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
-    }
-    for (int c = 0; c < 4; c++) {
-        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
-        r[c + 8] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
-        r[c + 4] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
-        r[c + 12] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
-    }
-}
-
 /* out (M x N) = a^T b, for a (K x M) and b (K x N) row-major, computed as its transpose
  * t = b^T a (N x M) and then transposed: the kernel vectorizes over t's M columns instead
  * of out's N, which fills its vectors where N is a poor fit (the weight gradient x^T dz

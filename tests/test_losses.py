@@ -414,3 +414,35 @@ def test_weight_shape_and_dtype_checks(dtype):
         K.loss(code, pred, y, weights=np.ones(4, other))
     with pytest.raises(ValueError, match="weights"):
         K.metric_sum(K.METRICS["mean_squared_error"], pred, y, weights=np.ones(5, dtype))
+
+
+@pytest.mark.parametrize("rows", [1, 15, 16, 17, 37, 200])
+@pytest.mark.parametrize("k", [1, 2, 10, 16])
+def test_sparse_logits_sixteen_rows_at_once(rows, k):
+    """float32 sparse cross-entropy from logits with K <= 16 runs 16 rows at a time in
+    class-major vectors (src_c/losses.c): the reference's loss and gradient, weighted and
+    not, unit weights giving the unweighted bits, and a bad class id or a NaN logit
+    spoiling only its own row's gradient, wherever the row sits in its group of 16."""
+    rng = np.random.default_rng(seed_of("rows16", rows, k))
+    pred, y = make_data(SPARSE, True, (rows, k), np.float32, rng)
+    check_loss(SPARSE, pred, y, True)
+    w = rng.uniform(0.1, 2.0, size=rows).astype(np.float32)
+    value, grad = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True, weights=w)
+    value_ref, grad_ref = ref.weighted_loss(SPARSE, pred, y, w, from_logits=True)
+    assert value == pytest.approx(value_ref, rel=1e-5)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6 * np.abs(grad_ref).max())
+    ones = np.ones(rows, dtype=np.float32)
+    v1, g1 = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True, weights=ones)
+    v0, g0 = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True)
+    assert v1 == v0 and np.array_equal(g1, g0)
+    if rows > 2:
+        bad_row, nan_row = rows - 1, rows // 2
+        y[bad_row, 0] = k + 0.5
+        pred[nan_row, 0] = np.nan
+        value, grad = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True)
+        assert np.isnan(value)
+        assert np.array_equal(grad[bad_row], np.zeros(k, np.float32))
+        assert np.isnan(grad[nan_row]).all()
+        keep = [r for r in range(rows) if r not in (bad_row, nan_row)]
+        _, grad_ref = reference_loss(SPARSE, pred[keep], y[keep], True)
+        np.testing.assert_allclose(grad[keep] * rows / len(keep), grad_ref, rtol=1e-5, atol=1e-6)
