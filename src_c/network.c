@@ -666,8 +666,9 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                 if (tid == 0) *loss_sum += NAN;
                 continue;
             }
-            int parts = network_parts(m, B);
-            if (parts > ws->parts) parts = ws->parts;
+            /* a short last batch is cut too: its rows are fewer, but the other threads
+             * would only wait for them */
+            int parts = B < ws->parts ? B : ws->parts;
             int parity = (int)(step & 1);
             real *step_grads = (real *)ws->part_grads + (ptrdiff_t)parity * ws->parts * apart;
             for (int c = tid; c < parts; c += T) {
