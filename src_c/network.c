@@ -728,7 +728,11 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
         ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
         int B = (int)(r1 - r0);
         if (B <= 0) break;
-        FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, 0, B);
+        /* a large batch's rows (W2: 128 rows of 784 from 188 MB) wait on memory: both
+         * threads fetch them at once */
+        FASTNN_SPLIT_RANGE((ptrdiff_t)B * in_dim, B, nthreads,
+                           FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0,
+                                           (int)begin, (int)end));
         double batch_weight = FN(step_weight)(weights, order, r0, r1);
         if (batch_weight == 0 || isnan(batch_weight)) {
             /* no weighted mean to descend: a step would write NaN into every parameter */
