@@ -587,8 +587,10 @@ static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdi
  * Every thread keeps a replica of the parameters and the optimizer state (thread 0 the
  * model's own; the others theirs in the workspace, copied from the model's at the start).
  * In each step, part c runs the forward, loss and backward of its rows on its thread's
- * replica into gradient buffer c (of the step's parity), and adds its share of the L2
- * loss (parameter range c); after one barrier every thread adds the parts' gradients, in
+ * replica into gradient buffer c (of the parity of the steps taken so far: a thread may
+ * already write the next step's while another reads this one's), and adds its share of
+ * the L2 loss (parameter range c); after one barrier every thread adds the parts'
+ * gradients, in
  * part order, and the L2 term's, and updates its whole replica: the same numbers from the
  * same numbers, so the replicas stay equal bit for bit, and equal to what one thread
  * running every part computes. What one core writes and another has read costs a
@@ -669,7 +671,9 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
             /* a short last batch is cut too: its rows are fewer, but the other threads
              * would only wait for them */
             int parts = B < ws->parts ? B : ws->parts;
-            int parity = (int)(step & 1);
+            /* steps taken alternate: a skipped step has no barrier, so its number's
+             * parity would let a thread reuse buffers another still reads */
+            int parity = (int)((t - start_iterations) & 1);
             real *step_grads = (real *)ws->part_grads + (ptrdiff_t)parity * ws->parts * apart;
             for (int c = tid; c < parts; c += T) {
                 int p0 = (int)((long long)B * c / parts), p1 = (int)((long long)B * (c + 1) / parts);
