@@ -167,7 +167,7 @@ class Layer:
 
     def get_weights(self):
         """Copies of this layer's parameters (Dense: kernel (in, units), bias (units,))."""
-        return [np.array(p) for p in self.params]
+        return [np.array(p, order="C") for p in self.params]
 
     def set_weights(self, weights):
         """Sets this layer's parameters from arrays of the same shapes."""

@@ -534,7 +534,7 @@ class Sequential:
 
     def get_weights(self):
         """Copies of every parameter array, in Keras' order and shapes."""
-        return [np.array(p, dtype=self.dtype) for p in self.weights]
+        return [np.array(p, dtype=self.dtype, order="C") for p in self.weights]
 
     def set_weights(self, weights):
         """Sets every parameter from a list in get_weights' order and shapes."""

@@ -68,6 +68,7 @@ joblib's backends, unchanged:
 Each worker needs fastnn (and scikit-learn) installed; set `OMP_NUM_THREADS` (or call
 `fastnn.set_num_threads` in the workers) to the cores each task may use.
 """
+import copy
 import warnings
 from numbers import Integral, Real
 
@@ -108,6 +109,12 @@ def _lbfgs_error():
     return ValueError("solver='lbfgs' is not supported by fastnn.sklearn yet; use "
                       "solver='adam' (the default) or solver='sgd', or scikit-learn's own "
                       "MLP for L-BFGS")
+
+
+def _slots_fit(opt, model):
+    """Whether the optimizer holds moments for this model's parameter buffer."""
+    return (opt is not None and opt.slots is not None and model._params is not None
+            and opt.slots[0].shape == model._params.shape)
 
 
 class _Schedule:
@@ -269,14 +276,23 @@ class _BaseMLP(BaseEstimator):
     def __getstate__(self):
         state = dict(super().__getstate__())
         # The network is rebuilt from coefs_ / intercepts_ on load (its state would store
-        # the weights twice); the optimizer's moments stay in _optimizer.
-        state.pop("_model", None)
+        # the weights twice); the optimizer's moments stay in _optimizer, in get_weights
+        # order (the network may keep a kernel transposed: Dense.choose_storage).
+        model = state.pop("_model", None)
+        opt = state.get("_optimizer")
+        if model is not None and _slots_fit(opt, model):
+            opt = copy.copy(opt)
+            opt.slots = tuple(model._to_weights_order(slot) for slot in opt.slots)
+            state["_optimizer"] = opt
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         if "coefs_" in self.__dict__:
-            self._get_model()
+            model = self._get_model()
+            opt = self.__dict__.get("_optimizer")
+            if _slots_fit(opt, model):
+                opt.slots = tuple(model._from_weights_order(slot) for slot in opt.slots)
 
     # ---- fit ---------------------------------------------------------------------------
 

@@ -114,7 +114,8 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
  * depends on the sizes only, never on the threads, so the results do not either: 2 for
  * steps of 2 MFLOP or more whose work is large beside the parameter count (the gradient
  * sum costs one pass over the parameters per extra part), 1 otherwise (one part: every
- * kernel splits its own work), and never more than m->max_parts. */
+ * kernel splits its own work), never for models of more than 262144 parameters (whose
+ * products split well by themselves), and never more than m->max_parts. */
 int network_parts(const nn_model *m, int B);
 void network_workspace_free(nn_workspace *ws);
 

@@ -1146,6 +1146,7 @@ def test_transposed_kernel_is_an_ordinary_weight(monkeypatch):
     assert np.shares_memory(kernel, model._params)
     weights = model.get_weights()
     assert [w.shape for w in weights] == [(400, 25), (25,), (25, 15), (15,), (15, 1), (1,)]
+    assert all(w.flags.c_contiguous for w in weights + model.layers[0].get_weights())
     rng = np.random.default_rng(8)
     new = [rng.standard_normal(w.shape) * 0.1 for w in weights]
     model.set_weights(new)

@@ -686,6 +686,13 @@ def test_parts_policy():
     assert net.parts(300) == 2 and net.parts(150) == 1 and net.parts(63) == 1
     small, _, _ = network_from_layers([(rng.standard_normal((4, 3)), None, "linear", 0.0)])
     assert small.parts(1000) == 1  # below 2 MFLOP a step
+    # above 262144 parameters the products split by themselves (each part would cost
+    # the threads a copy of every parameter and optimizer moment)
+    wide = [(np.zeros((600, 440)), None, "relu", 0.0), (np.zeros((440, 4)), None, "linear", 0.0)]
+    big, big_params, _ = network_from_layers(wide)
+    assert big_params.size > 262144 and big.parts(4096) == 1
+    narrow = [(np.zeros((500, 440)), None, "relu", 0.0), (np.zeros((440, 4)), None, "linear", 0.0)]
+    assert network_from_layers(narrow)[0].parts(4096) == 2
     with pytest.raises(ValueError, match="batch"):
         net.parts(0)
 

@@ -508,6 +508,27 @@ def test_coefs_of_a_kernel_stored_transposed():
     assert abs(ours - theirs) < 0.02
 
 
+def test_pickle_keeps_optimizer_state_of_a_transposed_kernel():
+    """A pickled estimator whose network keeps a kernel transposed (float32, 64 -> 25)
+    holds its Adam moments in get_weights order, and partial_fit continues from the
+    unpickled copy exactly as from the original."""
+    X, y = _scaled(load_digits)
+    X = X.astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(25,), random_state=0)
+    for _ in range(3):
+        clf.partial_fit(X, y, classes=np.unique(y))
+    model = clf._model
+    assert model.layers[0].kernel_transposed
+    state = clf.__getstate__()
+    for pickled, live in zip(state["_optimizer"].slots, clf._optimizer.slots):
+        np.testing.assert_array_equal(pickled, model._to_weights_order(live))
+    copy_ = pickle.loads(pickle.dumps(clf))
+    clf.partial_fit(X, y)
+    copy_.partial_fit(X, y)
+    for a, b in zip(clf.coefs_ + clf.intercepts_, copy_.coefs_ + copy_.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- model selection, pickle -------------------------------------------------------------
 
 def test_pickle_and_clone():
