@@ -241,6 +241,7 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = _initializer(kernel_initializer, "kernel_initializer")
         self.bias_initializer = _initializer(bias_initializer, "bias_initializer")
+        self.kernel_transposed = False  # the model's buffer layout (choose_storage)
         super().__init__(name)
         if input_dim is not None:
             input_shape = (_positive_int(input_dim, "input_dim"),)
@@ -265,7 +266,7 @@ class Dense(Layer):
             self.input_shape[0], self.units, np.dtype(dtype) == np.float64)
 
     def storage_view(self, index, flat):
-        if index == 0 and getattr(self, "kernel_transposed", False):
+        if index == 0 and self.kernel_transposed:
             return flat.reshape(self.units, self.input_shape[0]).T
         return super().storage_view(index, flat)
 
@@ -274,7 +275,7 @@ class Dense(Layer):
                 "act": ACTIVATIONS[self.activation], "slope": activations.DEFAULT_LEAKY_SLOPE,
                 "rate": 0.0, "w": offsets[0], "b": offsets[1] if self.use_bias else None,
                 "l2_per_batch": self.l2_per_batch,
-                "w_trans": getattr(self, "kernel_transposed", False)}
+                "w_trans": self.kernel_transposed}
 
 
     def get_config(self):

@@ -27,9 +27,7 @@ static int loss_block_count(int B, int K, int elementwise)
     return blocks < 1 ? 1 : (int)blocks;
 }
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#include <immintrin.h>
-#define FASTNN_CE_ROW16 1
+#if FASTNN_SIMD16
 /* Categorical cross-entropy of one row of K <= 16 logits z against targets y, in one
  * AVX-512 vector: ce_row's from-logits formulas, with the sums over the row added across
  * the lanes (the loss in double). Called when softmax_row16_available(). */
@@ -60,12 +58,6 @@ __attribute__((target("avx512f"))) static double ce_logits_row16_f32(float *g, c
     }
     return loss;
 }
-#else
-#define FASTNN_CE_ROW16 0
-#endif
-
-#if FASTNN_SIMD16
-#define FASTNN_CE_ROWS16 1
 /* Sparse categorical cross-entropy of logits for rows [0, rows) (rows <= 16) of K <= 16
  * floats (z: row stride K; labels: one per row), the 16 rows at once in class-major
  * vectors (vector j holds class j of every row): sparse_ce_row's from-logits formulas,
@@ -123,8 +115,6 @@ sparse_ce_logits_rows16_f32(float *g, const float *z, const float *labels, int K
         _mm512_mask_storeu_ps(g + (ptrdiff_t)r * K, lanes, v[r]);
     }
 }
-#else
-#define FASTNN_CE_ROWS16 0
 #endif
 
 #define FASTNN_DOUBLE 0
@@ -170,7 +160,7 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *gra
             block_sum[blk] = s;
             continue;
         }
-#if FASTNN_CE_ROWS16 && !FASTNN_DOUBLE
+#if FASTNN_SIMD16 && !FASTNN_DOUBLE
         if (row_loss == FN(sparse_ce_row) && from_logits && K <= 16 &&
             softmax_row16_available()) {
             /* the same rows, 16 at a time (sparse_ce_logits_rows16_f32) */
@@ -434,7 +424,7 @@ double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
 static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
                          real gscale)
 {
-#if FASTNN_CE_ROW16 && !FASTNN_DOUBLE
+#if FASTNN_SIMD16 && !FASTNN_DOUBLE
     if (from_logits && K <= 16 && softmax_row16_available())
         return ce_logits_row16_f32(g, p, y, K, gscale);
 #endif

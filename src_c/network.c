@@ -330,6 +330,30 @@ static double FN(sum_of_squares)(const real *w, ptrdiff_t n)
     return total;
 }
 
+/* out[0..n) += c * w. */
+FASTNN_VECTORIZED
+static void FN(add_scaled)(real *out, const real *w, real c, ptrdiff_t n)
+{
+    for (ptrdiff_t q = 0; q < n; q++) out[q] += c * w[q];
+}
+
+/* The L2 term over elements [lo, hi) of layer L's kernel: scikit-learn's
+ * 0.5 l2 ||w||^2 / batch_weight (its _backprop divides by sample_weight.sum(), which is
+ * B without weights); 0 for a layer without the penalty. */
+static double FN(l2_loss)(const nn_layer *L, ptrdiff_t lo, ptrdiff_t hi, double batch_weight)
+{
+    if (L->l2_per_batch <= 0 || !L->w || lo >= hi) return 0;
+    return 0.5 * L->l2_per_batch * FN(sum_of_squares)((const real *)L->w + lo, hi - lo) /
+           batch_weight;
+}
+
+/* dw (the gradient of layer L's kernel) += the L2 term's gradient, l2 w / batch_weight. */
+static void FN(add_l2_gradient)(const nn_layer *L, real *dw, double batch_weight)
+{
+    if (L->l2_per_batch <= 0 || !L->w) return;
+    FN(add_scaled)(dw, L->w, (real)(L->l2_per_batch / batch_weight), FN(kernel_size)(L));
+}
+
 /* The loss of rows [r0, r0 + B) of the forward pass just run, as their share of a batch
  * weighing batch_weight (losses.h: loss_share), on their targets y and sample weights
  * (NULL: unweighted); writes their rows of dL/d(output) (or dL/dz of the last layer when
@@ -353,14 +377,9 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
             for (ptrdiff_t i = 0; i < (ptrdiff_t)B * K; i++) g[i] *= scale;
         }
     }
-    if (!add_l2) return value;
-    /* scikit-learn's L2 term: 0.5 l2 ||w||^2 / batch_weight per kernel (its _backprop
-     * divides by sample_weight.sum(), which is B without weights) */
-    for (int i = 0; i < m->n_layers; i++) {
-        const nn_layer *L = &m->layers[i];
-        if (L->l2_per_batch <= 0 || !L->w) continue;
-        value += 0.5 * L->l2_per_batch * FN(sum_of_squares)(L->w, FN(kernel_size)(L)) / batch_weight;
-    }
+    if (add_l2)
+        for (int i = 0; i < m->n_layers; i++)
+            value += FN(l2_loss)(&m->layers[i], 0, FN(kernel_size)(&m->layers[i]), batch_weight);
     return value;
 }
 
@@ -445,13 +464,7 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
             for (ptrdiff_t k = 0; k < count; k++) d_in[k] = z ? d[k] * z[k] : d[k];
             break;
         }
-        if (add_l2 && L->l2_per_batch > 0 && L->w) {
-            /* + 0.5 l2 ||w||^2 / batch_weight  =>  dw += l2 w / batch_weight */
-            real c = (real)(L->l2_per_batch / batch_weight);
-            const real *w = L->w;
-            ptrdiff_t nk = FN(kernel_size)(L);
-            for (ptrdiff_t k = 0; k < nk; k++) dw[k] += c * w[k];
-        }
+        if (add_l2) FN(add_l2_gradient)(L, dw, batch_weight);
     }
 }
 
@@ -535,22 +548,11 @@ static double FN(step_weight)(const real *weights, const int64_t *order, ptrdiff
     return total;
 }
 
-/* out[0..n) = a + b (add) or a (copy). */
+/* out[0..n) = a + b. */
 FASTNN_VECTORIZED
-static void FN(add_rows)(real *out, const real *a, const real *b, int add, ptrdiff_t n)
+static void FN(add_rows)(real *out, const real *a, const real *b, ptrdiff_t n)
 {
-    if (add) {
-        for (ptrdiff_t q = 0; q < n; q++) out[q] = a[q] + b[q];
-    } else {
-        for (ptrdiff_t q = 0; q < n; q++) out[q] = a[q];
-    }
-}
-
-/* out[0..n) += c * w. */
-FASTNN_VECTORIZED
-static void FN(add_scaled)(real *out, const real *w, real c, ptrdiff_t n)
-{
-    for (ptrdiff_t q = 0; q < n; q++) out[q] += c * w[q];
+    for (ptrdiff_t q = 0; q < n; q++) out[q] = a[q] + b[q];
 }
 
 /* The L2 term's share of the loss over parameters [q0, q1) of the buffer params (whose
@@ -562,12 +564,10 @@ static double FN(l2_range)(const nn_model *m, const real *params, double batch_w
     double value = 0;
     for (int i = 0; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
-        if (L->l2_per_batch <= 0 || !L->w) continue;
+        if (!L->w) continue;
         ptrdiff_t w0 = (const real *)L->w - params, w1 = w0 + FN(kernel_size)(L);
         ptrdiff_t lo = w0 > q0 ? w0 : q0, hi = w1 < q1 ? w1 : q1;
-        if (lo < hi)
-            value += 0.5 * L->l2_per_batch * FN(sum_of_squares)(params + lo, hi - lo) /
-                     batch_weight;
+        value += FN(l2_loss)(L, lo - w0, hi - w0, batch_weight);
     }
     return value;
 }
@@ -578,34 +578,33 @@ static double FN(l2_range)(const nn_model *m, const real *params, double batch_w
 static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdiff_t apart,
                           int parts, const real *params, ptrdiff_t n, double batch_weight)
 {
-    FN(add_rows)(out, grads, grads + apart, parts > 1, n);
-    for (int c = 2; c < parts; c++) FN(add_rows)(out, out, grads + c * apart, 1, n);
+    if (parts > 1)
+        FN(add_rows)(out, grads, grads + apart, n);
+    else
+        memcpy(out, grads, sizeof(real) * (size_t)n);
+    for (int c = 2; c < parts; c++) FN(add_rows)(out, out, grads + c * apart, n);
     for (int i = 0; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
-        if (L->l2_per_batch <= 0 || !L->w) continue;
-        ptrdiff_t w0 = (const real *)L->w - params;
-        FN(add_scaled)(out + w0, params + w0, (real)(L->l2_per_batch / batch_weight),
-                       FN(kernel_size)(L));
+        if (L->w) FN(add_l2_gradient)(L, out + ((const real *)L->w - params), batch_weight);
     }
 }
 
 /* network_train for a workspace whose batches are cut into parts (network_parts): one
  * OpenMP region for all the steps, thread t running parts t, t + T, ... of each step.
  * Every thread keeps a replica of the parameters and the optimizer state (thread 0 the
- * model's own; the others theirs in the workspace, copied from the model's at the start).
- * In each step, part c runs the forward, loss and backward of its rows on its thread's
- * replica into gradient buffer c (of the parity of the steps taken so far: a thread may
- * already write the next step's while another reads this one's), and adds its share of
- * the L2 loss (parameter range c); after one barrier every thread adds the parts'
- * gradients, in
- * part order, and the L2 term's, and updates its whole replica: the same numbers from the
- * same numbers, so the replicas stay equal bit for bit, and equal to what one thread
- * running every part computes. What one core writes and another has read costs a
- * transfer between their caches; here only the gradients cross, once a step (read while
- * their writer has moved on to the other parity's buffers), where updating shared
- * parameters by ranges made every parameter cross twice and an update stall on each
- * (measured slower than one thread on small models). The parts and sums are the same on
- * any number of threads, so the results are too. */
+ * model's own; the others theirs in the workspace, copied from the model's at the
+ * start). In each step, part c runs the forward, loss and backward of its rows on its
+ * thread's replica into gradient buffer c (of the parity of the steps taken so far: a
+ * thread may already write the next step's while another reads this one's), and adds its
+ * share of the L2 loss (parameter range c); after one barrier every thread adds the
+ * parts' gradients, in part order, and the L2 term's, and updates its whole replica: the
+ * same numbers from the same numbers, so the replicas stay equal bit for bit, and equal
+ * to what one thread running every part computes. What one core writes and another has
+ * read costs a transfer between their caches; here only the gradients cross, once a step
+ * (read while their writer has moved on to the other parity's buffers), where updating
+ * shared parameters by ranges made every parameter cross twice and an update stall on
+ * each (measured slower than one thread on small models). The parts and sums are the
+ * same on any number of threads, so the results are too. */
 static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                                const real *x, const real *y, int y_width,
                                const real *weights, const int64_t *order, ptrdiff_t n,
@@ -614,7 +613,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                                int nthreads)
 {
     enum { MAX_PARTS = 2 };
-    /* by the step's parity: a thread may write the next step's while thread 0 reads */
+    /* by the parity of the steps taken, as the gradient buffers */
     double part_loss[2][MAX_PARTS], part_metrics[2][MAX_PARTS][NN_MAX_METRICS];
     int in_dim = m->layers[0].in_dim;
     const real *model_params = opt->params, *model_grads = opt->grads;
