@@ -121,6 +121,7 @@ cdef extern from "network.h" nogil:
     nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
     void network_workspace_free(nn_workspace *ws)
     int network_parts(const nn_model *m, int B)
+    int network_split_units(const nn_model *m, int B)
     void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
     void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const float *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const double *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)

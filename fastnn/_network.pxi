@@ -152,6 +152,13 @@ cdef class Network:
             raise ValueError(f"batch: expected a positive size, got {batch}")
         return network_parts(&self.model, batch)
 
+    def split_units(self, int batch):
+        """The first layer's units thread 0 takes when two threads split them in training
+        at this batch size, 0 for no split (src_c/network.h: network_split_units)."""
+        if batch < 1:
+            raise ValueError(f"batch: expected a positive size, got {batch}")
+        return network_split_units(&self.model, batch)
+
     @property
     def iterations(self):
         return self.opt.iterations

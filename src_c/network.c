@@ -11,6 +11,7 @@
 #include "losses.h"
 #include "optimizers.h"
 #include "conv1d.h"
+#include "gemm.h"
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -102,6 +103,37 @@ int network_parts(const nn_model *m, int B)
     return m->max_parts < 2 ? 1 : 2;
 }
 
+/* Below this many multiply-adds (times 2) in the first layer's forward and weight
+ * gradient, its halves are too short for two barriers a step to pay. */
+#define SPLIT_MIN_FLOPS 5e5
+
+int network_split_units(const nn_model *m, int B)
+{
+    if (m->n_layers < 2 || m->max_parts < 2 || m->is_double || network_parts(m, B) > 1 ||
+        !gemm_small_available())
+        return 0;
+    const nn_layer *L = &m->layers[0];
+    if (L->kind != LAYER_DENSE || !L->w_trans) return 0;
+    int C = L->in_dim, OC = L->out_dim;
+    double first = 4.0 * B * C * OC; /* forward and weight gradient: no dx */
+    double rest = step_flops(m, B) - 6.0 * B * C * OC;
+    if (first < SPLIT_MIN_FLOPS || rest > first / 3) return 0;
+    /* About half the units each, in whole tiles of 4 of the dot-product kernel, at a
+     * count for which both halves keep that kernel (gemm_dot_pays: the same bits as the
+     * whole layer's). Thread 0 also runs the other layers, but thread 1 waits for them
+     * anyway; measured on the course's network (25 units, batch 32): 12 units to thread 0
+     * gave 14 us a step, 8 units 16-20 us, 4 units 18-20 us (one thread: 20.5 us). */
+    int target = (OC + 1) / 2;
+    for (int off = 0; off <= OC; off++) {
+        for (int sign = -1; sign <= 1; sign += 2) {
+            int s = target + sign * off;
+            if (s < 4 || s > OC - 4 || s % 4 != 0) continue;
+            if (gemm_dot_pays(s, C) && gemm_dot_pays(OC - s, C)) return s;
+        }
+    }
+    return 0;
+}
+
 nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
 {
     size_t elem = m->is_double ? sizeof(double) : sizeof(float);
@@ -112,6 +144,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
     ws->batch = batch;
     ws->n_layers = nl;
     ws->parts = training ? network_parts(m, batch) : 1;
+    ws->split_units = training ? network_split_units(m, batch) : 0;
     ws->zbuf = calloc((size_t)nl, sizeof(void *));
     ws->abuf = calloc((size_t)nl, sizeof(void *));
     ws->dbuf = calloc((size_t)nl, sizeof(void *));
@@ -131,6 +164,11 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
         total += layer_bytes * (size_t)(1 + needs_zbuf(&m->layers[i]) + needs_abuf(&m->layers[i]));
         total += aligned_size((size_t)batch * scratch_per_sample(&m->layers[i]) * elem);
     }
+    /* the split first layer's: thread 1's batch rows (two: it gathers the next step's
+     * while the current one's are in use) and each thread's z, a and d of its units */
+    size_t unit_x_bytes = aligned_size((size_t)batch * m->layers[0].in_dim * elem);
+    size_t unit_bytes = aligned_size((size_t)batch * m->layers[0].out_dim * elem);
+    if (ws->split_units) total += 2 * unit_x_bytes + 6 * unit_bytes;
     size_t part_grad_bytes = aligned_size((size_t)m->n_params * elem);
     size_t replica_layer_bytes = aligned_size(sizeof(nn_layer) * (size_t)nl);
     if (ws->parts > 1) {
@@ -166,6 +204,16 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
         if (scratch) {
             ws->sbuf[i] = p;
             p += aligned_size(scratch);
+        }
+    }
+    if (ws->split_units) {
+        for (int k = 0; k < 2; k++) {
+            ws->unit_x[k] = p;
+            p += unit_x_bytes;
+        }
+        for (int k = 0; k < 6; k++) {
+            ws->unit_bufs[k] = p;
+            p += unit_bytes;
         }
     }
     if (ws->parts > 1) {
@@ -253,18 +301,15 @@ static void FN(set_layer_buffers)(const nn_model *m, nn_workspace *ws, const rea
     }
 }
 
-/* Forward through every layer for rows [r0, r0 + B) of the workspace's batch, whose
- * input rows start at x. Unless `parted`, first sets ws->z, ws->a to the whole batch's
- * buffers (their first rows), which this call fills for its rows; the parts of a step
- * run concurrently, so train_in_parts sets them once, before its threads start. Training
- * mode draws dropout masks from (seed, step), and leaves a fused output layer's a unset
- * (skips_output_activation). */
-static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
-                        int training, uint64_t seed, uint64_t step, int parted, int nthreads)
+/* Forward through layers [first, n_layers) for rows [r0, r0 + B) of the workspace's
+ * batch, whose input rows (the batch's, or a[first - 1]'s) start at in, into the
+ * buffers ws->z and ws->a point to (set_layer_buffers). Training mode draws dropout masks
+ * from (seed, step), and leaves a fused output layer's a unset (skips_output_activation). */
+static void FN(forward_layers)(const nn_model *m, nn_workspace *ws, int first, const real *in,
+                               int r0, int B, int training, uint64_t seed, uint64_t step,
+                               int nthreads)
 {
-    if (!parted) FN(set_layer_buffers)(m, ws, x - (ptrdiff_t)r0 * m->layers[0].in_dim, training);
-    const real *in = x; /* this part's rows */
-    for (int i = 0; i < m->n_layers; i++) {
+    for (int i = first; i < m->n_layers; i++) {
         const nn_layer *L = &m->layers[i];
         ptrdiff_t row0 = (ptrdiff_t)r0 * L->out_dim, count = (ptrdiff_t)B * L->out_dim;
         real *z_base = ws->z[i], *a_base = ws->a[i];
@@ -313,6 +358,17 @@ static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int 
         }
         in = a;
     }
+}
+
+/* Forward through every layer for rows [r0, r0 + B) of the workspace's batch, whose
+ * input rows start at x. Unless `parted`, first sets ws->z, ws->a to the whole batch's
+ * buffers (their first rows), which this call fills for its rows; the parts of a step
+ * run concurrently, so train_in_parts sets them once, before its threads start. */
+static void FN(forward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
+                        int training, uint64_t seed, uint64_t step, int parted, int nthreads)
+{
+    if (!parted) FN(set_layer_buffers)(m, ws, x - (ptrdiff_t)r0 * m->layers[0].in_dim, training);
+    FN(forward_layers)(m, ws, 0, x, r0, B, training, seed, step, nthreads);
 }
 
 /* The sum of the squares of w[0..n) in double, in 8 interleaved partial sums (added in
@@ -406,15 +462,16 @@ static void FN(add_metrics)(const nn_model *m, nn_workspace *ws, const real *y,
     }
 }
 
-/* Backward for rows [r0, r0 + B) of the batch (input rows at x) from the last layer's d
- * buffer (filled by output_loss) into the model's gradient buffer, or, when grads is not
- * NULL, into the buffer grads laid out as the model's own (model_grads, which the
- * layers' dw and db point into); batch_weight as for
+/* Backward through layers [first, n_layers) for rows [r0, r0 + B) of the batch (input
+ * rows at x) from the last layer's d buffer (filled by output_loss) into the model's
+ * gradient buffer, or, when grads is not NULL, into the buffer grads laid out as the
+ * model's own (model_grads, which the layers' dw and db point into); batch_weight as for
  * output_loss; add_l2: add the L2 term's gradient (once per batch). Layers before the
- * first one with parameters need no backward pass. */
-static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
-                         double batch_weight, real *grads, const real *model_grads,
-                         int add_l2, int nthreads)
+ * first one with parameters need no backward pass; every layer after it passes dL/da of
+ * its input to the layer before (for layer first > 0: into d[first - 1]). */
+static void FN(backward_layers)(const nn_model *m, nn_workspace *ws, int first, const real *x,
+                                int r0, int B, double batch_weight, real *grads,
+                                const real *model_grads, int add_l2, int nthreads)
 {
     int first_param = m->n_layers;
     for (int i = 0; i < m->n_layers; i++) {
@@ -423,7 +480,8 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
             break;
         }
     }
-    for (int i = m->n_layers - 1; i >= first_param; i--) {
+    int stop = first > first_param ? first : first_param;
+    for (int i = m->n_layers - 1; i >= stop; i--) {
         const nn_layer *L = &m->layers[i];
         ptrdiff_t row0 = (ptrdiff_t)r0 * L->out_dim, row0_in = (ptrdiff_t)r0 * L->in_dim;
         real *d = (real *)ws->dbuf[i] + row0;
@@ -466,6 +524,15 @@ static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int
         }
         if (add_l2) FN(add_l2_gradient)(L, dw, batch_weight);
     }
+}
+
+/* Backward through every layer (backward_layers from the first). */
+static void FN(backward)(const nn_model *m, nn_workspace *ws, const real *x, int r0, int B,
+                         double batch_weight, real *grads, const real *model_grads,
+                         int add_l2, int nthreads)
+{
+    FN(backward_layers)(m, ws, 0, x, r0, B, batch_weight, grads, model_grads, add_l2,
+                        nthreads);
 }
 
 /* The update of parameters [p0, p1) by the optimizer's rule, as step number t. */
@@ -719,6 +786,169 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
     opt->iterations = start_iterations + taken;
 }
 
+/* dst (rows x cols, rows ldd apart) = src (rows lds apart). */
+static void FN(copy_block)(real *dst, ptrdiff_t ldd, const real *src, ptrdiff_t lds, int rows,
+                           int cols)
+{
+    for (int r = 0; r < rows; r++)
+        memcpy(dst + r * ldd, src + r * lds, sizeof(real) * (size_t)cols);
+}
+
+/* The first layer's forward for its units [u0, u1) (a layer stored transposed: their rows
+ * of the kernel are a block), into z and a of their own (B x units). */
+static void FN(units_forward)(const nn_layer *L, real *z, real *a, const real *x, int B,
+                              int u0, int u1, gemm_fn gemm)
+{
+    int C = L->in_dim;
+    FN(dense_forward)(z, a, x, (const real *)L->w + (ptrdiff_t)u0 * C, 1,
+                      L->b ? (const real *)L->b + u0 : NULL, B, C, u1 - u0, L->act,
+                      (real)L->slope, gemm, 1);
+}
+
+/* Its backward, from dL/da of the units in d (B x units, dL/dz on return), into their
+ * rows of the kernel's gradient and their biases', with the L2 term's gradient. */
+static void FN(units_backward)(const nn_layer *L, real *d, const real *z, const real *a,
+                               const real *x, int B, int u0, int u1, double batch_weight,
+                               gemm_fn gemm)
+{
+    int C = L->in_dim;
+    const real *w = (const real *)L->w + (ptrdiff_t)u0 * C;
+    real *dw = (real *)L->dw + (ptrdiff_t)u0 * C;
+    FN(dense_backward)(NULL, dw, L->db ? (real *)L->db + u0 : NULL, d, z, a, x, w, 1, B, C,
+                       u1 - u0, L->act, (real)L->slope, gemm, 1);
+    if (L->l2_per_batch > 0)
+        FN(add_scaled)(dw, w, (real)(L->l2_per_batch / batch_weight), (ptrdiff_t)(u1 - u0) * C);
+}
+
+/* network_train on two threads for a workspace whose first layer's units are split
+ * (network_split_units, s of them to thread 0). Each step:
+ *   1. both threads run the first layer's forward for their units, into buffers of their
+ *      own (thread 0 on the batch rows it gathered, thread 1 on a copy of its own);
+ *   2. after a barrier, thread 0 copies both threads' activations into a[0], runs the
+ *      other layers' forward, the loss and their backward down to dL/da[0], while
+ *      thread 1 gathers the next step's rows;
+ *   3. after a second barrier, both run the first layer's backward and update for their
+ *      units, thread 0 also the other layers' update.
+ * The threads never write the same parameters (thread 1's are its units' rows of the
+ * kernel and their biases): only activations and their gradients (batch x units) cross
+ * between the cores. Every value comes from the same kernel, on the same operands, as in
+ * network_train's one-thread loop, so the results are the same bits. */
+static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
+                                  const real *x, const real *y, int y_width,
+                                  const real *weights, const int64_t *order, ptrdiff_t n,
+                                  ptrdiff_t step_begin, ptrdiff_t step_end,
+                                  uint64_t dropout_seed, double *loss_sum,
+                                  double *metric_sums)
+{
+    const nn_layer *L0 = &m->layers[0];
+    int C = L0->in_dim, OC = L0->out_dim, split = ws->split_units;
+    gemm_fn gemm = (gemm_fn)m->gemm;
+    const real *params = opt->params;
+    real *wb = weights ? (real *)ws->wb : NULL;
+    /* thread 1's parameters, in buffer order: its units' kernel rows and biases */
+    ptrdiff_t own_lo[2], own_hi[2];
+    int n_own = 0;
+    own_lo[n_own] = ((const real *)L0->w - params) + (ptrdiff_t)split * C;
+    own_hi[n_own++] = ((const real *)L0->w - params) + (ptrdiff_t)OC * C;
+    if (L0->b) {
+        own_lo[n_own] = ((const real *)L0->b - params) + split;
+        own_hi[n_own++] = ((const real *)L0->b - params) + OC;
+        if (own_lo[1] < own_lo[0]) {
+            ptrdiff_t lo = own_lo[0], hi = own_hi[0];
+            own_lo[0] = own_lo[1], own_hi[0] = own_hi[1];
+            own_lo[1] = lo, own_hi[1] = hi;
+        }
+    }
+    long long start_iterations = opt->iterations, taken = 0;
+    FN(set_layer_buffers)(m, ws, ws->xb, 1);
+    real *a0 = ws->a[0], *d0 = ws->dbuf[0];
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(2) reduction(max: taken)
+#endif
+    {
+        unsigned int csr = fastnn_ftz_enter();
+        int tid = 0, T = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        long long t = start_iterations;
+        int cur = 0;              /* thread 1: unit_x[cur] holds this step's rows */
+        ptrdiff_t gathered = -1;  /* the step whose rows unit_x[cur ^ 1] holds */
+        for (ptrdiff_t step = step_begin; step < step_end; step++) {
+            ptrdiff_t r0 = step * ws->batch;
+            ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
+            int B = (int)(r1 - r0);
+            if (B <= 0) break;
+            double batch_weight = FN(step_weight)(weights, order, r0, r1);
+            if (batch_weight == 0 || isnan(batch_weight)) {
+                /* no weighted mean to descend (both threads skip it alike) */
+                if (tid == 0) *loss_sum += NAN;
+                continue;
+            }
+            const real *xu[2] = {ws->xb, ws->xb}; /* the rows each range of units reads */
+            if (tid == 0) FN(gather_rows)(ws, C, x, y, y_width, weights, order, n, r0, 0, B);
+            if (tid == 1) {
+                if (gathered == step) {
+                    cur ^= 1;
+                } else {
+                    for (int r = 0; r < B; r++)
+                        memcpy((real *)ws->unit_x[cur] + (ptrdiff_t)r * C, x + order[r0 + r] * C,
+                               sizeof(real) * (size_t)C);
+                }
+                xu[1] = ws->unit_x[cur];
+            }
+            for (int u = tid; u < 2; u += T) {
+                real *zu = ws->unit_bufs[3 * u], *au = ws->unit_bufs[3 * u + 1];
+                FN(units_forward)(L0, zu, au, xu[u], B, u ? split : 0, u ? OC : split, gemm);
+            }
+#ifdef _OPENMP
+            #pragma omp barrier
+#endif
+            if (tid == 0) {
+                FN(copy_block)(a0, OC, ws->unit_bufs[1], split, B, split);
+                FN(copy_block)(a0 + split, OC, ws->unit_bufs[4], OC - split, B, OC - split);
+                FN(forward_layers)(m, ws, 1, a0, 0, B, 1, dropout_seed, (uint64_t)step, 1);
+                *loss_sum += FN(output_loss)(m, ws, ws->yb, wb, batch_weight, 0, B, 1, 1, 1) * B;
+                FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, 1, metric_sums);
+                FN(backward_layers)(m, ws, 1, ws->xb, 0, B, batch_weight, NULL, NULL, 1, 1);
+            } else if (step + 1 < step_end && r1 < n) {
+                ptrdiff_t next1 = r1 + ws->batch < n ? r1 + ws->batch : n;
+                for (ptrdiff_t r = r1; r < next1; r++)
+                    memcpy((real *)ws->unit_x[cur ^ 1] + (r - r1) * C, x + order[r] * C,
+                           sizeof(real) * (size_t)C);
+                gathered = step + 1;
+            }
+#ifdef _OPENMP
+            #pragma omp barrier
+#endif
+            t += 1;
+            for (int u = tid; u < 2; u += T) {
+                int u0 = u ? split : 0, u1 = u ? OC : split;
+                real *du = ws->unit_bufs[3 * u + 2];
+                FN(copy_block)(du, u1 - u0, d0 + u0, OC, B, u1 - u0);
+                FN(units_backward)(L0, du, ws->unit_bufs[3 * u], ws->unit_bufs[3 * u + 1], xu[u],
+                                   B, u0, u1, batch_weight, gemm);
+            }
+            if (T == 1) {
+                FN(optimizer_update)(opt, t, 0, opt->n_params, 1);
+            } else if (tid == 1) {
+                for (int k = 0; k < n_own; k++) FN(optimizer_update)(opt, t, own_lo[k], own_hi[k], 1);
+            } else {
+                ptrdiff_t lo = 0; /* the ranges between thread 1's */
+                for (int k = 0; k < n_own; k++) {
+                    FN(optimizer_update)(opt, t, lo, own_lo[k], 1);
+                    lo = own_hi[k];
+                }
+                FN(optimizer_update)(opt, t, lo, opt->n_params, 1);
+            }
+        }
+        taken = t - start_iterations;
+        fastnn_ftz_leave(csr);
+    }
+    opt->iterations = start_iterations + taken;
+}
+
 void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                        const real *x, const real *y, int y_width, const real *weights,
                        const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin,
@@ -728,6 +958,11 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
     if (ws->parts > 1) {
         FN(train_in_parts)(m, opt, ws, x, y, y_width, weights, order, n, step_begin,
                            step_end, dropout_seed, loss_sum, metric_sums, nthreads);
+        return;
+    }
+    if (ws->split_units && nthreads >= 2) {
+        FN(train_split_units)(m, opt, ws, x, y, y_width, weights, order, n, step_begin,
+                              step_end, dropout_seed, loss_sum, metric_sums);
         return;
     }
     unsigned int csr = fastnn_ftz_enter();

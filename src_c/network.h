@@ -99,6 +99,10 @@ typedef struct {
     void *replicas;     /* threads 1.. of the parts: parameters, optimizer slots and summed
                            gradient of their own (network.c: train_in_parts) */
     nn_layer *replica_layers; /* their layers, pointing into their parameters */
+    int split_units;    /* training: the first layer's units thread 0 takes when two
+                           threads split them (network_split_units), 0: no split */
+    void *unit_x[2];    /* thread 1's batch rows, this step's and the next's */
+    void *unit_bufs[6]; /* z, a, d of each thread's units (batch x units, contiguous) */
 } nn_workspace;
 
 /* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:
@@ -117,6 +121,18 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
  * kernel splits its own work), never for models of more than 262144 parameters (whose
  * products split well by themselves), and never more than m->max_parts. */
 int network_parts(const nn_model *m, int B);
+
+/* Whether training on two or more threads splits the first layer's units between two of
+ * them, and where: thread 0 takes units [0, s), thread 1 [s, out_dim), of the layer's
+ * forward, backward and update, and thread 0 runs the other layers and the loss between
+ * (network.c: train_split_units). Returns s, or 0 for no split. For a float first layer
+ * stored transposed (units x inputs: a range of units is a block of its rows, of its
+ * gradient's and of the optimizer's slots) that does at least 3/4 of a step's work,
+ * 0.5 MFLOP or more, in a batch that is not cut into parts, on a CPU that runs fastnn's
+ * kernel: the course's 400-25-15-1 network at batch 32, where each layer's products are
+ * too small to split by themselves and the second core would otherwise idle. Every value
+ * is computed by the same kernel as on one thread, so the results are the same bits. */
+int network_split_units(const nn_model *m, int B);
 void network_workspace_free(nn_workspace *ws);
 
 /* order[0..n) = a permutation of 0..n-1 drawn from seed (Fisher-Yates, splitmix64). */

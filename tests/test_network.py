@@ -456,6 +456,28 @@ def test_fit_threads_bit_identical():
             f"dgemm rounds differently on 1 and 2 threads)")
 
 
+def test_fit_course_network_threads_bit_identical():
+    """The course's network (float32, batch 32), whose first layer's units two threads
+    split where fastnn's kernel runs: the same bits on 1 and 2 threads."""
+    rng = np.random.default_rng(52)
+    x = rng.standard_normal((1000, 400)).astype(np.float32)
+    y = (rng.random((1000, 1)) < 0.5).astype(np.float32)
+    results = []
+    for nt in (1, 2):
+        fastnn.set_random_seed(9)
+        model = Sequential([Dense(25, activation="sigmoid"), Dense(15, activation="sigmoid"),
+                            Dense(1, activation="sigmoid")])
+        model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+        with fastnn.num_threads(nt):
+            history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+        if K.small_gemm_available():
+            assert model._network.split_units(32) == 12
+        results.append((model.get_weights(), history.history))
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_array_equal(a, b)
+    assert results[0][1] == results[1][1]
+
+
 # ---- float32 networks, shuffling, bad labels at the C level ------------------------------
 
 def test_float32_network_matches_reference():
@@ -887,3 +909,146 @@ def test_fused_training_metrics_use_the_output_activation(loss, act, k, batch):
     assert history.history["accuracy"][0] == pytest.approx(accuracy, rel=1e-12)
     if mae is not None:
         assert history.history["mae"][0] == pytest.approx(mae, rel=1e-12)
+
+
+def course_network(rng, act="sigmoid", dropout=False, l2=0.0, use_bias=True):
+    """The course's 400-25-15-1 network (float32) with its first kernel stored transposed,
+    as Dense stores it (units x inputs), built from specs; dropout puts a Dropout layer
+    after the first layer, l2 scikit-learn's penalty on every kernel. Returns the network,
+    its parameters and the layers in the reference's form."""
+    w1 = rng.standard_normal((400, 25)) * 0.1
+    b1 = rng.standard_normal(25) * 0.1 if use_bias else None
+    w2, b2 = rng.standard_normal((25, 15)) * 0.3, rng.standard_normal(15) * 0.1
+    w3, b3 = rng.standard_normal((15, 1)) * 0.3, rng.standard_normal(1) * 0.1
+    specs = [{"kind": "dense", "in_dim": 400, "out_dim": 25, "act": K.ACTIVATIONS[act],
+              "slope": 0.1, "rate": 0.0, "w": 0, "b": 10000 if use_bias else None,
+              "w_trans": True, "l2_per_batch": l2}]
+    if dropout:
+        specs.append({"kind": "dropout", "in_dim": 25, "out_dim": 25, "act": 0, "slope": 0.0,
+                      "rate": 0.25, "w": None, "b": None})
+    offset = 10025 if use_bias else 10000
+    specs.append({"kind": "dense", "in_dim": 25, "out_dim": 15, "act": K.ACTIVATIONS["sigmoid"],
+                  "slope": 0.0, "rate": 0.0, "w": offset, "b": offset + 375, "l2_per_batch": l2})
+    specs.append({"kind": "dense", "in_dim": 15, "out_dim": 1, "act": K.ACTIVATIONS["sigmoid"],
+                  "slope": 0.0, "rate": 0.0, "w": offset + 390, "b": offset + 405,
+                  "l2_per_batch": l2})
+    chunks = [w1.T.ravel()] + ([b1] if use_bias else []) + [w2.ravel(), b2, w3.ravel(), b3]
+    params = np.concatenate(chunks).astype(np.float32)
+    net = K.Network(specs, params, np.zeros_like(params))
+    layers = [(w1, b1, act, 0.1), (w2, b2, "sigmoid", 0.0), (w3, b3, "sigmoid", 0.0)]
+    return net, params, layers
+
+
+@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+def test_split_units_policy():
+    """The first layer's units are split where it does most of a step's work and the batch
+    is not cut into parts, at whole tiles of 4 units where both halves keep the
+    dot-product kernel."""
+    rng = np.random.default_rng(seed_of("split-policy"))
+    net, _, _ = course_network(rng)
+    assert [net.split_units(b) for b in (8, 16, 32, 128)] == [0, 12, 12, 12]
+    for s in (net.split_units(32),):
+        assert s % 4 == 0
+        assert K.dense_kernel_transposed(400, s, False)
+        assert K.dense_kernel_transposed(400, 25 - s, False)
+    net.max_parts = 1  # no splitting of steps across threads
+    assert net.split_units(32) == 0
+    net.max_parts = 2
+    # float64 keeps its kernels plain
+    layers = [(np.zeros((400, 25)), None, "sigmoid", 0.0), (np.zeros((25, 1)), None, "linear", 0.0)]
+    assert network_from_layers(layers)[0].split_units(32) == 0
+    # a first layer stored plainly
+    plain, _, _ = network_from_layers(layers, dtype=np.float32)
+    assert plain.split_units(32) == 0
+    # a batch cut into parts instead
+    assert net.parts(1000) == 2 and net.split_units(1000) == 0
+    # the other layers do too much of the work
+    specs = [{"kind": "dense", "in_dim": 400, "out_dim": 25, "act": 0, "slope": 0.0,
+              "rate": 0.0, "w": 0, "b": None, "w_trans": True},
+             {"kind": "dense", "in_dim": 25, "out_dim": 200, "act": 0, "slope": 0.0,
+              "rate": 0.0, "w": 10000, "b": None},
+             {"kind": "dense", "in_dim": 200, "out_dim": 1, "act": 0, "slope": 0.0,
+              "rate": 0.0, "w": 15000, "b": None}]
+    params = np.zeros(15200, np.float32)
+    wide = K.Network(specs, params, np.zeros_like(params))
+    assert wide.split_units(32) == 0
+    with pytest.raises(ValueError, match="batch"):
+        net.split_units(0)
+
+
+SPLIT_CASES = [dict(), dict(act="relu"), dict(act="tanh", dropout=True),
+               dict(act="leaky_relu", use_bias=False), dict(l2=0.01, weighted=True),
+               dict(opt="sgd_momentum", weighted=True), dict(opt="rmsprop_momentum", l2=0.02)]
+
+
+@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_split_units_bit_identical_to_one_thread(case):
+    """Training with the first layer's units split between 2 threads gives the bits of
+    the same steps on 1 thread and of the same network with max_parts 1 (never split):
+    parameters, optimizer state, loss, metrics and step count, over epochs of a shuffled
+    order whose last batch is short, in step ranges of several calls, with dropout, L2,
+    sample weights and a batch that weighs nothing (no step)."""
+    case = dict(case)
+    opt, weighted = case.pop("opt", "adam"), case.pop("weighted", False)
+    n, batch = 1000, 32
+    rng = np.random.default_rng(seed_of("split-bits", opt, weighted, sorted(case.items())))
+    x = rng.standard_normal((n, 400)).astype(np.float32)
+    y = (rng.random((n, 1)) < 0.5).astype(np.float32)
+    weights = rng.uniform(0, 2, n).astype(np.float32) if weighted else None
+    orders = [rng.permutation(n).astype(np.int64) for _ in range(3)]
+    if weighted:
+        weights[orders[1][64:96]] = 0  # epoch 2's third batch takes no step
+    results = {}
+    for nt, max_parts in ((1, 2), (2, 2), (2, 1)):
+        net, params, _ = course_network(np.random.default_rng(7), **case)
+        net.max_parts = max_parts
+        assert net.split_units(batch) == (12 if max_parts == 2 else 0)
+        net.set_loss(K.LOSSES["binary_crossentropy"], False, True,
+                     [K.METRICS["binary_accuracy"], K.METRICS["mean_absolute_error"]])
+        slots = (np.zeros_like(params), np.zeros_like(params))
+        net.set_optimizer(*PART_OPTIMIZERS[opt][0], False, 0, *slots)
+        history = []
+        for epoch, order in enumerate(orders):
+            for begin, end in ((0, 5), (5, 6), (6, 32)):  # 32 steps: the last of 8 rows
+                history.append(net.train(x, y, order, begin, end, batch, 100 + epoch, nt,
+                                         weights=weights))
+        results[nt, max_parts] = (params.copy(), slots[0].copy(), slots[1].copy(),
+                                  history, net.iterations)
+    assert results[2, 2][4] == (95 if weighted else 96)
+    for key in ((1, 2), (2, 1)):
+        for got, want in zip(results[2, 2][:3], results[key][:3]):
+            np.testing.assert_array_equal(got, want)
+        assert repr(results[2, 2][3:]) == repr(results[key][3:])
+    assert np.isnan(results[2, 2][3][3][0]) == weighted  # epoch 2, first call: the NaN
+
+
+@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+def test_split_units_steps_match_reference():
+    """Three split steps (weighted, with L2) against the reference's float64 steps."""
+    rng = np.random.default_rng(seed_of("split-reference"))
+    net, params, layers = course_network(rng, act="relu", l2=0.01)
+    x = rng.standard_normal((96, 400))
+    y = (rng.random((96, 1)) < 0.5).astype(float)
+    weights = rng.uniform(0.5, 2, 96)
+    net.set_loss(K.LOSSES["binary_crossentropy"], False, True)
+    net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-7, 0, 0, False, 0, np.zeros_like(params),
+                      np.zeros_like(params))
+    assert net.split_units(32) == 12
+    loss_sum, _ = net.train(x.astype(np.float32), y.astype(np.float32),
+                            np.arange(96, dtype=np.int64), 0, 3, 32, 0, 2,
+                            weights=weights.astype(np.float32))
+    state, cur, total = None, layers, 0.0
+    for batch in (slice(0, 32), slice(32, 64), slice(64, 96)):
+        value, grads = ref.network_loss_and_grads(cur, x[batch], y[batch],
+                                                  "binary_crossentropy",
+                                                  weights=weights[batch], l2=0.01)
+        total += value * 32
+        new_weights, state = ref.optimizer_step(ref.network_weights(cur), grads,
+                                                PART_OPTIMIZERS["adam"][1], state)
+        cur = ref.network_with_weights(cur, new_weights)
+    assert loss_sum == pytest.approx(total, rel=1e-5)
+    want = ref.network_weights(cur)
+    want[0] = want[0].T  # stored transposed
+    np.testing.assert_allclose(params, np.concatenate([w.ravel() for w in want]),
+                               rtol=1e-4, atol=1e-5)
