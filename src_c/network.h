@@ -21,7 +21,8 @@
  *
  * Training splits an epoch into steps; network_train_* runs steps [step_begin, step_end)
  * so Python can report progress between calls. A step's batch may be cut into row
- * parts run in parallel (network_parts).
+ * parts run in parallel (network_parts), or its first layer's units split between two
+ * threads (network_split_units).
  * Sample weights (optional, one per row of x) are gathered with the batch rows; the loss
  * is then the batch's weighted mean (losses.h), and the batch's weight, the sum of its
  * rows' weights, takes the place of its row count in the L2 term, as in scikit-learn. Results depend only on the seeds, never on
