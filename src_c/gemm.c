@@ -534,6 +534,17 @@ void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int
                        nthreads);
 }
 
+int FN(gemm_by_kernel)(int a_trans, int b_trans, int M, int N, int K)
+{
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+    if (gemm_small_available() && dot_pays_f32(a_trans, b_trans, N, K)) return 1;
+#else
+    (void)a_trans;
+#endif
+    return FN(use_small)(GEMM_AUTO, b_trans, M, N, K);
+}
+
 void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, int ldb,
               int b_trans, int M, int N, int K, gemm_fn blas, int nthreads)
 {

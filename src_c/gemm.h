@@ -62,7 +62,10 @@ int gemm_dot_pays(int N, int K);
                             int K, const real *bias, int act, real slope, int nthreads);    \
     /* out (cols) = the column sums of m (rows x cols), each summed over the rows in        \
      * order, by the kernel; returns 0, doing nothing, where it does not run. */            \
-    int gemm_column_sums_##sfx(real *out, const real *m, int rows, int cols);
+    int gemm_column_sums_##sfx(real *out, const real *m, int rows, int cols);             \
+    /* Whether gemm (GEMM_AUTO) computes op(a) op(b) of these sizes by fastnn's kernel,   \
+     * in any of its forms, rather than by BLAS. */                                         \
+    int gemm_by_kernel_##sfx(int a_trans, int b_trans, int M, int N, int K);
 
 FASTNN_DECLARE_GEMM(float, f32, sgemm_fn)
 FASTNN_DECLARE_GEMM(double, f64, dgemm_fn)

@@ -70,6 +70,9 @@ static int skips_output_activation(const nn_model *m, int i, int training)
     return training && m->fused && i == m->n_layers - 1 && m->layers[i].kind == LAYER_DENSE;
 }
 
+/* The buffers of each range of a split first layer's units, in ws->unit_bufs. */
+enum { UNIT_Z, UNIT_A, UNIT_D, UNIT_BUFS };
+
 #define ALIGN_BYTES 64
 static size_t aligned_size(size_t bytes) { return (bytes + ALIGN_BYTES - 1) / ALIGN_BYTES * ALIGN_BYTES; }
 
@@ -107,31 +110,46 @@ int network_parts(const nn_model *m, int B)
  * gradient, its halves are too short for two barriers a step to pay. */
 #define SPLIT_MIN_FLOPS 5e5
 
+/* Whether units [0, n) of a first layer of C inputs (stored transposed), on batches of
+ * at most B rows, are computed by the same kernels whatever the other units: the forward
+ * product by the dot-product form, the weight gradient's by fastnn's kernel (on a
+ * shorter last batch too: smaller products keep it). Each output of either is then
+ * computed from its own operands alone, so a range of units gets the bits it gets within
+ * the whole layer. */
+static int units_keep_kernels(int n, int C, int B)
+{
+    return gemm_dot_pays(n, C) && gemm_by_kernel_f32(1, 0, n, C, B);
+}
+
 int network_split_units(const nn_model *m, int B)
 {
+#ifndef _OPENMP
+    (void)m, (void)B;
+    return 0; /* one thread: nothing to split */
+#else
     if (m->n_layers < 2 || m->max_parts < 2 || m->is_double || network_parts(m, B) > 1 ||
         !gemm_small_available())
         return 0;
     const nn_layer *L = &m->layers[0];
-    if (L->kind != LAYER_DENSE || !L->w_trans) return 0;
+    /* softmax normalizes over all the units: it cannot run on a range of them */
+    if (L->kind != LAYER_DENSE || !L->w_trans || L->act == ACT_SOFTMAX) return 0;
     int C = L->in_dim, OC = L->out_dim;
     double first = 4.0 * B * C * OC; /* forward and weight gradient: no dx */
     double rest = step_flops(m, B) - 6.0 * B * C * OC;
-    if (first < SPLIT_MIN_FLOPS || rest > first / 3) return 0;
-    /* About half the units each, in whole tiles of 4 of the dot-product kernel, at a
-     * count for which both halves keep that kernel (gemm_dot_pays: the same bits as the
-     * whole layer's). Thread 0 also runs the other layers, but thread 1 waits for them
+    if (first < SPLIT_MIN_FLOPS || rest > first / 3 || !units_keep_kernels(OC, C, B))
+        return 0;
+    /* The split nearest to half the units (the smaller share to thread 0 on a tie), in
+     * whole tiles of 4 units of the dot-product kernel, where both ranges keep the whole
+     * layer's kernels. Thread 0 also runs the other layers, but thread 1 waits for them
      * anyway; measured on the course's network (25 units, batch 32): 12 units to thread 0
      * gave 14 us a step, 8 units 16-20 us, 4 units 18-20 us (one thread: 20.5 us). */
-    int target = (OC + 1) / 2;
-    for (int off = 0; off <= OC; off++) {
-        for (int sign = -1; sign <= 1; sign += 2) {
-            int s = target + sign * off;
-            if (s < 4 || s > OC - 4 || s % 4 != 0) continue;
-            if (gemm_dot_pays(s, C) && gemm_dot_pays(OC - s, C)) return s;
-        }
+    int best = 0;
+    for (int s = 4; s <= OC - 4; s += 4) {
+        if (!units_keep_kernels(s, C, B) || !units_keep_kernels(OC - s, C, B)) continue;
+        if (best == 0 || abs(OC - 2 * s) < abs(OC - 2 * best)) best = s;
     }
-    return 0;
+    return best;
+#endif
 }
 
 nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
@@ -168,7 +186,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
      * while the current one's are in use) and each thread's z, a and d of its units */
     size_t unit_x_bytes = aligned_size((size_t)batch * m->layers[0].in_dim * elem);
     size_t unit_bytes = aligned_size((size_t)batch * m->layers[0].out_dim * elem);
-    if (ws->split_units) total += 2 * unit_x_bytes + 6 * unit_bytes;
+    if (ws->split_units) total += 2 * unit_x_bytes + 2 * UNIT_BUFS * unit_bytes;
     size_t part_grad_bytes = aligned_size((size_t)m->n_params * elem);
     size_t replica_layer_bytes = aligned_size(sizeof(nn_layer) * (size_t)nl);
     if (ws->parts > 1) {
@@ -211,7 +229,7 @@ nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, i
             ws->unit_x[k] = p;
             p += unit_x_bytes;
         }
-        for (int k = 0; k < 6; k++) {
+        for (int k = 0; k < 2 * UNIT_BUFS; k++) {
             ws->unit_bufs[k] = p;
             p += unit_bytes;
         }
@@ -794,6 +812,21 @@ static void FN(copy_block)(real *dst, ptrdiff_t ldd, const real *src, ptrdiff_t 
         memcpy(dst + r * ldd, src + r * lds, sizeof(real) * (size_t)cols);
 }
 
+/* Rows order[r0..r1) of x (in_dim values each) into xb, e.g. for a thread that reads its
+ * own copy of a batch's rows. */
+static void FN(gather_x_rows)(real *xb, const real *x, int in_dim, const int64_t *order,
+                              ptrdiff_t r0, ptrdiff_t r1)
+{
+    for (ptrdiff_t r = r0; r < r1; r++)
+        memcpy(xb + (r - r0) * in_dim, x + order[r] * in_dim, sizeof(real) * (size_t)in_dim);
+}
+
+/* A thread's buffers for its range of the first layer's units (ws->unit_bufs). */
+static real *FN(unit_buf)(const nn_workspace *ws, int range, int which)
+{
+    return (real *)ws->unit_bufs[UNIT_BUFS * range + which];
+}
+
 /* The first layer's forward for its units [u0, u1) (a layer stored transposed: their rows
  * of the kernel are a block), into z and a of their own (B x units). */
 static void FN(units_forward)(const nn_layer *L, real *z, real *a, const real *x, int B,
@@ -829,10 +862,14 @@ static void FN(units_backward)(const nn_layer *L, real *d, const real *z, const 
  *      thread 1 gathers the next step's rows;
  *   3. after a second barrier, both run the first layer's backward and update for their
  *      units, thread 0 also the other layers' update.
- * The threads never write the same parameters (thread 1's are its units' rows of the
- * kernel and their biases): only activations and their gradients (batch x units) cross
- * between the cores. Every value comes from the same kernel, on the same operands, as in
- * network_train's one-thread loop, so the results are the same bits. */
+ * Thread 1 reads rows of its own (ws->unit_x) because thread 0 gathers the next step's
+ * batch into ws->xb in step 1 while thread 1 may still be in step 3 of the last one. The
+ * threads never write the same parameters (thread 1's are its units' rows of the kernel
+ * and their biases): only activations and their gradients (batch x units) cross between
+ * the cores. The activation is elementwise and each range of units keeps the whole
+ * layer's kernels (network_split_units), each value computed from its own operands alone;
+ * the other layers run as in network_train's one-thread loop: so the results are the
+ * same bits. */
 static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                                   const real *x, const real *y, int y_width,
                                   const real *weights, const int64_t *order, ptrdiff_t n,
@@ -886,37 +923,34 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
                 if (tid == 0) *loss_sum += NAN;
                 continue;
             }
-            const real *xu[2] = {ws->xb, ws->xb}; /* the rows each range of units reads */
+            /* the rows each range of units reads; when the region got one thread (a
+             * thread limit, a nested region) it runs both ranges on ws->xb */
+            const real *xu[2] = {ws->xb, ws->xb};
             if (tid == 0) FN(gather_rows)(ws, C, x, y, y_width, weights, order, n, r0, 0, B);
             if (tid == 1) {
-                if (gathered == step) {
+                if (gathered == step)
                     cur ^= 1;
-                } else {
-                    for (int r = 0; r < B; r++)
-                        memcpy((real *)ws->unit_x[cur] + (ptrdiff_t)r * C, x + order[r0 + r] * C,
-                               sizeof(real) * (size_t)C);
-                }
+                else /* the first step of the call, or the one after a skipped batch */
+                    FN(gather_x_rows)(ws->unit_x[cur], x, C, order, r0, r1);
                 xu[1] = ws->unit_x[cur];
             }
-            for (int u = tid; u < 2; u += T) {
-                real *zu = ws->unit_bufs[3 * u], *au = ws->unit_bufs[3 * u + 1];
-                FN(units_forward)(L0, zu, au, xu[u], B, u ? split : 0, u ? OC : split, gemm);
-            }
+            for (int u = tid; u < 2; u += T)
+                FN(units_forward)(L0, FN(unit_buf)(ws, u, UNIT_Z), FN(unit_buf)(ws, u, UNIT_A),
+                                  xu[u], B, u ? split : 0, u ? OC : split, gemm);
 #ifdef _OPENMP
             #pragma omp barrier
 #endif
             if (tid == 0) {
-                FN(copy_block)(a0, OC, ws->unit_bufs[1], split, B, split);
-                FN(copy_block)(a0 + split, OC, ws->unit_bufs[4], OC - split, B, OC - split);
+                FN(copy_block)(a0, OC, FN(unit_buf)(ws, 0, UNIT_A), split, B, split);
+                FN(copy_block)(a0 + split, OC, FN(unit_buf)(ws, 1, UNIT_A), OC - split, B,
+                               OC - split);
                 FN(forward_layers)(m, ws, 1, a0, 0, B, 1, dropout_seed, (uint64_t)step, 1);
                 *loss_sum += FN(output_loss)(m, ws, ws->yb, wb, batch_weight, 0, B, 1, 1, 1) * B;
                 FN(add_metrics)(m, ws, ws->yb, wb, batch_weight, 0, B, B, 1, metric_sums);
-                FN(backward_layers)(m, ws, 1, ws->xb, 0, B, batch_weight, NULL, NULL, 1, 1);
+                FN(backward_layers)(m, ws, 1, NULL, 0, B, batch_weight, NULL, NULL, 1, 1);
             } else if (step + 1 < step_end && r1 < n) {
                 ptrdiff_t next1 = r1 + ws->batch < n ? r1 + ws->batch : n;
-                for (ptrdiff_t r = r1; r < next1; r++)
-                    memcpy((real *)ws->unit_x[cur ^ 1] + (r - r1) * C, x + order[r] * C,
-                           sizeof(real) * (size_t)C);
+                FN(gather_x_rows)(ws->unit_x[cur ^ 1], x, C, order, r1, next1);
                 gathered = step + 1;
             }
 #ifdef _OPENMP
@@ -925,10 +959,11 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
             t += 1;
             for (int u = tid; u < 2; u += T) {
                 int u0 = u ? split : 0, u1 = u ? OC : split;
-                real *du = ws->unit_bufs[3 * u + 2];
+                real *du = FN(unit_buf)(ws, u, UNIT_D);
                 FN(copy_block)(du, u1 - u0, d0 + u0, OC, B, u1 - u0);
-                FN(units_backward)(L0, du, ws->unit_bufs[3 * u], ws->unit_bufs[3 * u + 1], xu[u],
-                                   B, u0, u1, batch_weight, gemm);
+                FN(units_backward)(L0, du, FN(unit_buf)(ws, u, UNIT_Z),
+                                   FN(unit_buf)(ws, u, UNIT_A), xu[u], B, u0, u1,
+                                   batch_weight, gemm);
             }
             if (T == 1) {
                 FN(optimizer_update)(opt, t, 0, opt->n_params, 1);

@@ -103,11 +103,13 @@ typedef struct {
     int split_units;    /* training: the first layer's units thread 0 takes when two
                            threads split them (network_split_units), 0: no split */
     void *unit_x[2];    /* thread 1's batch rows, this step's and the next's */
-    void *unit_bufs[6]; /* z, a, d of each thread's units (batch x units, contiguous) */
+    void *unit_bufs[6]; /* z, a, d of each thread's range of units (batch x out_dim of the
+                           first layer, of which a range uses batch x its units) */
 } nn_workspace;
 
 /* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:
- * whether the workspace will train (it then holds the parts' gradient buffers). */
+ * whether the workspace will train (it then holds the buffers of the parts or of the
+ * split first layer, if the sizes call for them). */
 nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training);
 
 /* How many parts a training step cuts a batch of B rows into. Each part (a contiguous
@@ -128,11 +130,14 @@ int network_parts(const nn_model *m, int B);
  * forward, backward and update, and thread 0 runs the other layers and the loss between
  * (network.c: train_split_units). Returns s, or 0 for no split. For a float first layer
  * stored transposed (units x inputs: a range of units is a block of its rows, of its
- * gradient's and of the optimizer's slots) that does at least 3/4 of a step's work,
- * 0.5 MFLOP or more, in a batch that is not cut into parts, on a CPU that runs fastnn's
- * kernel: the course's 400-25-15-1 network at batch 32, where each layer's products are
- * too small to split by themselves and the second core would otherwise idle. Every value
- * is computed by the same kernel as on one thread, so the results are the same bits. */
+ * gradient's and of the optimizer's slots) with an elementwise activation (not softmax)
+ * that does at least 3/4 of a step's work, 0.5 MFLOP or more, in a batch that is not cut
+ * into parts, in a build with OpenMP on a CPU that runs fastnn's kernel: the course's
+ * 400-25-15-1 network at batch 32, where each layer's products are too small to split by
+ * themselves and the second core would otherwise idle. Each range of units must keep the
+ * kernels the whole layer's products take (dot products forward, fastnn's kernel for the
+ * weight gradient), each of whose outputs depends on its own operands alone: the results
+ * are then the same bits as on one thread. */
 int network_split_units(const nn_model *m, int B);
 void network_workspace_free(nn_workspace *ws);
 

@@ -3,6 +3,10 @@ steps against the NumPy reference network (fastnn.reference.reference_train_step
 Network.loss_grad against reference gradients and central differences (fastnn.gradcheck),
 and thread-count independence."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -456,26 +460,74 @@ def test_fit_threads_bit_identical():
             f"dgemm rounds differently on 1 and 2 threads)")
 
 
-def test_fit_course_network_threads_bit_identical():
-    """The course's network (float32, batch 32), whose first layer's units two threads
-    split where fastnn's kernel runs: the same bits on 1 and 2 threads."""
-    rng = np.random.default_rng(52)
-    x = rng.standard_normal((1000, 400)).astype(np.float32)
-    y = (rng.random((1000, 1)) < 0.5).astype(np.float32)
+def assert_float32_fit_threads_bit_identical(layers, rows, seed, epochs=2, metrics=()):
+    """Fits of Sequential(layers()) (float32, Adam, binary cross-entropy, batch 32) on 1 and
+    2 threads give the same weights and history, bit for bit; returns the last model."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 400)).astype(np.float32)
+    y = (rng.random((rows, 1)) < 0.5).astype(np.float32)
     results = []
     for nt in (1, 2):
-        fastnn.set_random_seed(9)
-        model = Sequential([Dense(25, activation="sigmoid"), Dense(15, activation="sigmoid"),
-                            Dense(1, activation="sigmoid")])
-        model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+        fastnn.set_random_seed(seed)
+        model = Sequential(layers())
+        model.compile(optimizer="adam", loss="binary_crossentropy", metrics=list(metrics))
         with fastnn.num_threads(nt):
-            history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
-        if K.small_gemm_available():
-            assert model._network.split_units(32) == 12
+            history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
         results.append((model.get_weights(), history.history))
     for a, b in zip(results[0][0], results[1][0]):
         np.testing.assert_array_equal(a, b)
     assert results[0][1] == results[1][1]
+    return model
+
+
+def test_fit_softmax_first_layer_threads_bit_identical():
+    """A first layer whose softmax normalizes over all its units is never split (a range
+    of units would normalize over itself): 1 and 2 threads give the same bits."""
+    model = assert_float32_fit_threads_bit_identical(
+        lambda: [Dense(25, activation="softmax"), Dense(1, activation="sigmoid")], 256, 53)
+    assert model._network.split_units(32) == 0
+
+
+def test_split_units_on_one_thread_of_the_region():
+    """When OpenMP gives the split's region one thread (OMP_THREAD_LIMIT=1; a nested
+    region), that thread runs both ranges of units: the same bits as the one-thread loop."""
+    code = textwrap.dedent("""
+        import hashlib, numpy as np, fastnn
+        from fastnn import Sequential
+        from fastnn.layers import Dense
+        rng = np.random.default_rng(54)
+        x = rng.standard_normal((200, 400)).astype(np.float32)
+        y = (rng.random((200, 1)) < 0.5).astype(np.float32)
+        out = []
+        for nt in (1, 2):
+            fastnn.set_random_seed(11)
+            model = Sequential([Dense(25, activation="tanh"), Dense(1, activation="sigmoid")])
+            model.compile(optimizer="adam", loss="binary_crossentropy")
+            with fastnn.num_threads(nt):
+                model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+            out.append(hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
+        print(model._network.split_units(32), out[0] == out[1])
+    """)
+    # the fastnn these tests import, wherever it is installed
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    split, same = done.stdout.split()
+    assert same == "True"
+    assert split == ("12" if K.small_gemm_available() else "0")
+
+
+def test_fit_course_network_threads_bit_identical():
+    """The course's network (float32, batch 32), whose first layer's units two threads
+    split where fastnn's kernel runs: the same bits on 1 and 2 threads."""
+    model = assert_float32_fit_threads_bit_identical(
+        lambda: [Dense(25, activation="sigmoid"), Dense(15, activation="sigmoid"),
+                 Dense(1, activation="sigmoid")], 1000, 52, epochs=3, metrics=["accuracy"])
+    assert model._network.split_units(32) == (12 if K.small_gemm_available() else 0)
 
 
 # ---- float32 networks, shuffling, bad labels at the C level ------------------------------
@@ -947,10 +999,10 @@ def test_split_units_policy():
     rng = np.random.default_rng(seed_of("split-policy"))
     net, _, _ = course_network(rng)
     assert [net.split_units(b) for b in (8, 16, 32, 128)] == [0, 12, 12, 12]
-    for s in (net.split_units(32),):
-        assert s % 4 == 0
-        assert K.dense_kernel_transposed(400, s, False)
-        assert K.dense_kernel_transposed(400, 25 - s, False)
+    s = net.split_units(32)
+    assert s % 4 == 0
+    assert K.dense_kernel_transposed(400, s, False)
+    assert K.dense_kernel_transposed(400, 25 - s, False)
     net.max_parts = 1  # no splitting of steps across threads
     assert net.split_units(32) == 0
     net.max_parts = 2
@@ -972,6 +1024,28 @@ def test_split_units_policy():
     params = np.zeros(15200, np.float32)
     wide = K.Network(specs, params, np.zeros_like(params))
     assert wide.split_units(32) == 0
+
+    def first_layer(inputs, units, act="sigmoid"):
+        specs = [{"kind": "dense", "in_dim": inputs, "out_dim": units,
+                  "act": K.ACTIVATIONS[act], "slope": 0.0, "rate": 0.0, "w": 0, "b": None,
+                  "w_trans": True},
+                 {"kind": "dense", "in_dim": units, "out_dim": 1, "act": 0, "slope": 0.0,
+                  "rate": 0.0, "w": inputs * units, "b": None}]
+        params = np.zeros(inputs * units + units, np.float32)
+        return K.Network(specs, params, np.zeros_like(params))
+
+    assert first_layer(400, 25).split_units(32) == 12
+    # softmax normalizes over all the units, not a range of them
+    assert first_layer(400, 25, "softmax").split_units(32) == 0
+    # stored transposed, but 32 units fill the vectors: the whole layer's forward product
+    # is not computed as dot products, while a range of 12 or 20 units would be
+    assert not K.dense_kernel_transposed(400, 32, False)
+    assert first_layer(400, 32).split_units(32) == 0
+    # the whole layer's weight gradient would go to BLAS (over 1e9 FLOP, or over 1024
+    # batch rows), where each range's would not, or might round otherwise
+    huge = first_layer(20000, 25)
+    assert huge.split_units(512) == 12 and huge.split_units(1024) == 0
+    assert first_layer(400, 25).split_units(1025) == 0
     with pytest.raises(ValueError, match="batch"):
         net.split_units(0)
 
