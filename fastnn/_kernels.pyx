@@ -199,6 +199,22 @@ GEMM_METHODS = {"auto": GEMM_AUTO, "blas": GEMM_BLAS, "small": GEMM_SMALL}
 gemm_small_available()
 
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static const int fastnn_built_with_openmp = 1;
+    #else
+    static const int fastnn_built_with_openmp = 0;
+    #endif
+    """
+    const int fastnn_built_with_openmp
+
+
+def openmp_available():
+    """Whether this build runs its kernels on several threads (compiled with OpenMP)."""
+    return bool(fastnn_built_with_openmp)
+
+
 def small_gemm_available():
     """Whether this CPU runs fastnn's own small-product kernel (AVX-512)."""
     return bool(gemm_small_available())

@@ -25,6 +25,8 @@ ACTS = sorted(K.ACTIVATIONS, key=K.ACTIVATIONS.get)
 SPARSE = "sparse_categorical_crossentropy"
 N = 12  # samples in the small problems
 TOL = dict(rtol=1e-10, atol=1e-12)
+# whether training may split the first layer's units between threads (network_split_units)
+SPLITS = K.small_gemm_available() and K.openmp_available()
 
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -518,7 +520,7 @@ def test_split_units_on_one_thread_of_the_region():
     assert done.returncode == 0, done.stderr
     split, same = done.stdout.split()
     assert same == "True"
-    assert split == ("12" if K.small_gemm_available() else "0")
+    assert split == ("12" if SPLITS else "0")
 
 
 def test_fit_course_network_threads_bit_identical():
@@ -527,7 +529,7 @@ def test_fit_course_network_threads_bit_identical():
     model = assert_float32_fit_threads_bit_identical(
         lambda: [Dense(25, activation="sigmoid"), Dense(15, activation="sigmoid"),
                  Dense(1, activation="sigmoid")], 1000, 52, epochs=3, metrics=["accuracy"])
-    assert model._network.split_units(32) == (12 if K.small_gemm_available() else 0)
+    assert model._network.split_units(32) == (12 if SPLITS else 0)
 
 
 # ---- float32 networks, shuffling, bad labels at the C level ------------------------------
@@ -991,7 +993,7 @@ def course_network(rng, act="sigmoid", dropout=False, l2=0.0, use_bias=True):
     return net, params, layers
 
 
-@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+@pytest.mark.skipif(not SPLITS, reason="needs fastnn's kernel (AVX-512) and OpenMP")
 def test_split_units_policy():
     """The first layer's units are split where it does most of a step's work and the batch
     is not cut into parts, at whole tiles of 4 units where both halves keep the
@@ -1055,7 +1057,7 @@ SPLIT_CASES = [dict(), dict(act="relu"), dict(act="tanh", dropout=True),
                dict(opt="sgd_momentum", weighted=True), dict(opt="rmsprop_momentum", l2=0.02)]
 
 
-@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+@pytest.mark.skipif(not SPLITS, reason="needs fastnn's kernel (AVX-512) and OpenMP")
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
 def test_split_units_bit_identical_to_one_thread(case):
     """Training with the first layer's units split between 2 threads gives the bits of
@@ -1097,7 +1099,7 @@ def test_split_units_bit_identical_to_one_thread(case):
     assert np.isnan(results[2, 2][3][3][0]) == weighted  # epoch 2, first call: the NaN
 
 
-@pytest.mark.skipif(not K.small_gemm_available(), reason="fastnn's kernel needs AVX-512")
+@pytest.mark.skipif(not SPLITS, reason="needs fastnn's kernel (AVX-512) and OpenMP")
 def test_split_units_steps_match_reference():
     """Three split steps (weighted, with L2) against the reference's float64 steps."""
     rng = np.random.default_rng(seed_of("split-reference"))
