@@ -490,7 +490,7 @@ def test_fit_softmax_first_layer_threads_bit_identical():
     assert model._network.split_units(32) == 0
 
 
-def test_split_units_on_one_thread_of_the_region():
+def test_split_units_on_one_thread_of_the_region(tmp_path):
     """When OpenMP gives the split's region one thread (OMP_THREAD_LIMIT=1; a nested
     region), that thread runs both ranges of units: the same bits as the one-thread loop."""
     code = textwrap.dedent("""
@@ -515,8 +515,9 @@ def test_split_units_on_one_thread_of_the_region():
     env = dict(os.environ, OMP_THREAD_LIMIT="1",
                PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
     env.pop("OMP_NUM_THREADS", None)
+    # run elsewhere than the checkout, whose fastnn/ (not built, in CI) would come first
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     split, same = done.stdout.split()
     assert same == "True"
