@@ -98,13 +98,31 @@ static void FN(blas_rows)(real *out, int ldo, const real *a, int lda, int a_tran
 
 /* What gemm_bias_act does to a tile before storing it: add bias (per output column, may
  * be NULL), store z, then store act_out = f(z) (rows ldo apart; may equal z) for f linear,
- * relu or leaky relu. */
+ * relu or leaky relu. Or, when adam_w is set (gemm_adam), store the tile and take it as
+ * the gradient of parameters laid out as the output (adam_w, their Adam moments adam_m
+ * and adam_v): Adam's update of those parameters, while the tile is in registers. */
 typedef struct {
     const real *bias;
     real *act_out;
     int act;
     real slope;
+    real *adam_w, *adam_m, *adam_v;
+    real lr_t, one_minus_b1, one_minus_b2, eps;
 } FN(epilogue);
+
+/* ep for the block of output columns that starts at column j0. */
+static FN(epilogue) FN(epilogue_at)(const FN(epilogue) *ep, int j0)
+{
+    FN(epilogue) at = *ep;
+    if (at.bias) at.bias += j0;
+    if (at.act_out) at.act_out += j0;
+    if (at.adam_w) {
+        at.adam_w += j0;
+        at.adam_m += j0;
+        at.adam_v += j0;
+    }
+    return at;
+}
 
 /* ---- the small-product kernel --------------------------------------------------------- */
 #if FASTNN_SMALL_GEMM
@@ -125,6 +143,9 @@ typedef struct {
 #define VMAX(a, b) _mm512_max_pd((a), (b))
 #define VGT(a, b) _mm512_cmp_pd_mask((a), (b), _CMP_GT_OQ)
 #define VBLEND(m, a, b) _mm512_mask_blend_pd((m), (a), (b)) /* b where m, else a */
+#define VSUB(a, b) _mm512_sub_pd((a), (b))
+#define VDIV(a, b) _mm512_div_pd((a), (b))
+#define VSQRT(a) _mm512_sqrt_pd(a)
 #else
 #define VEC __m512
 #define VLEN 16
@@ -141,7 +162,52 @@ typedef struct {
 #define VMAX(a, b) _mm512_max_ps((a), (b))
 #define VGT(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ)
 #define VBLEND(m, a, b) _mm512_mask_blend_ps((m), (a), (b)) /* b where m, else a */
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VDIV(a, b) _mm512_div_ps((a), (b))
+#define VSQRT(a) _mm512_sqrt_ps(a)
 #endif
+
+/* gemm_adam's epilogue (kept out of small_tile, whose registers its accumulators fill):
+ * asks the cache for a tile's parameters and moments, rows ldo apart, which no
+ * prefetcher guesses (asked for before k runs, they arrive meanwhile); then applies
+ * optimizers.c's adam_range to the tile's elements, the tile's values as their gradient,
+ * the same operations in the same order (no fused multiply-adds), so the same bits. */
+SMALL_TARGET __attribute__((noinline)) static void
+FN(adam_tile_prefetch)(const FN(epilogue) *ep, ptrdiff_t offset, int ldo, int MR, int NV)
+{
+    for (int r = 0; r < MR; r++) {
+        ptrdiff_t o = offset + (ptrdiff_t)r * ldo;
+        for (int v = 0; v < NV; v++) {
+            __builtin_prefetch(ep->adam_w + o + v * VLEN, 1, 3);
+            __builtin_prefetch(ep->adam_m + o + v * VLEN, 1, 3);
+            __builtin_prefetch(ep->adam_v + o + v * VLEN, 1, 3);
+        }
+    }
+}
+
+SMALL_TARGET __attribute__((noinline)) static void
+FN(adam_tile)(const real *out, const FN(epilogue) *ep, ptrdiff_t offset, int ldo, int MR,
+              int NV, VMASK last)
+{
+    VEC b1 = VSET1(ep->one_minus_b1), b2 = VSET1(ep->one_minus_b2);
+    VEC lr = VSET1(ep->lr_t), eps = VSET1(ep->eps);
+    for (int r = 0; r < MR; r++) {
+        ptrdiff_t o = offset + (ptrdiff_t)r * ldo;
+        for (int v = 0; v < NV; v++) {
+            real *w = ep->adam_w + o + v * VLEN, *m = ep->adam_m + o + v * VLEN,
+                 *s = ep->adam_v + o + v * VLEN;
+            VMASK lanes = v == NV - 1 ? last : (VMASK)~(VMASK)0;
+            VEC g = VLOAD_MASKED(lanes, out + (ptrdiff_t)r * ldo + v * VLEN);
+            VEC mv = VLOAD_MASKED(lanes, m), sv = VLOAD_MASKED(lanes, s);
+            mv = VADD(mv, VMUL(VSUB(g, mv), b1));
+            sv = VADD(sv, VMUL(VSUB(VMUL(g, g), sv), b2));
+            VEC step = VDIV(VMUL(lr, mv), VADD(VSQRT(sv), eps));
+            VSTORE_MASKED(m, lanes, mv);
+            VSTORE_MASKED(s, lanes, sv);
+            VSTORE_MASKED(w, lanes, VSUB(VLOAD_MASKED(lanes, w), step));
+        }
+    }
+}
 
 /* One tile: MR rows by NV vectors of columns (the last vector masked to `last`), held in
  * registers while k runs over the whole inner dimension; op(a)[r, k] is
@@ -156,6 +222,7 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
     VEC acc[12][4];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = VZERO();
+    if (ep && ep->adam_w) FN(adam_tile_prefetch)(ep, ep_offset, ldo, MR, NV);
     for (int k = 0; k < K; k++) {
         const real *bk = b + (ptrdiff_t)k * ldb;
         const real *ak = a + (ptrdiff_t)k * a_ks;
@@ -167,8 +234,8 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
             for (int v = 0; v < NV; v++) acc[r][v] = VFMA(av, bv[v], acc[r][v]);
         }
     }
-    if (ep) { /* z = acc + bias, stored; then a = f(z), stored (see gemm_bias_act); the
-               * tile's rows of a start at ep->act_out + ep_offset */
+    if (ep && !ep->adam_w) { /* z = acc + bias, stored; then a = f(z), stored (see gemm_bias_act);
+                      * the tile's rows of a start at ep->act_out + ep_offset */
         if (ep->bias) {
             VEC bias[4];
             for (int v = 0; v < NV - 1; v++) bias[v] = VLOAD(ep->bias + v * VLEN);
@@ -202,6 +269,10 @@ SMALL_INLINE void FN(small_tile)(real *out, int ldo, const real *a, ptrdiff_t a_
         for (int v = 0; v < NV - 1; v++) VSTORE(o + v * VLEN, acc[r][v]);
         VSTORE_MASKED(o + (NV - 1) * VLEN, last, acc[r][NV - 1]);
     }
+    /* the stored tile, just written, read back as the gradient (the accumulators stay
+     * in registers: handing them to a call would put them in memory for the whole
+     * product) */
+    if (ep && ep->adam_w) FN(adam_tile)(out, ep, ep_offset, ldo, MR, NV, last);
 }
 
 /* Rows [i0, i1) of one block of NV vector columns (out_j, b_j: the block's first column):
@@ -230,11 +301,7 @@ SMALL_TARGET static void FN(small_rows)(real *out, int ldo, const real *a, ptrdi
         real *out_j = out + j0;
         const real *b_j = b + j0;
         FN(epilogue) ep_j; /* ep for this block of columns, rows at i */
-        if (ep) {
-            ep_j = *ep;
-            if (ep_j.bias) ep_j.bias += j0;
-            ep_j.act_out += j0;
-        }
+        if (ep) ep_j = FN(epilogue_at)(ep, j0);
         int i = i0;
         switch (nv) {
         case 1: SMALL_ROWS(1, 12); break;
@@ -380,11 +447,7 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
             for (int k = 0; k < K; k++) packed[(ptrdiff_t)k * block + j] = bj[k];
         }
         FN(epilogue) ep_j; /* the epilogue of this block of columns */
-        if (ep) {
-            ep_j = *ep;
-            if (ep_j.bias) ep_j.bias += j0;
-            ep_j.act_out += j0;
-        }
+        if (ep) ep_j = FN(epilogue_at)(ep, j0);
         FN(small_rows)(out + j0, ldo, a, a_rs, a_ks, packed, block, r0, r1, cols, K,
                        ep ? &ep_j : NULL);
     }
@@ -405,6 +468,9 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
 #undef VMAX
 #undef VMUL
 #undef VADD
+#undef VSUB
+#undef VDIV
+#undef VSQRT
 #endif /* FASTNN_SMALL_GEMM */
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -562,8 +628,26 @@ int FN(gemm_bias_act)(real *z, real *act_out, int ldo, const real *a, int lda, i
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
     if (dot_pays_f32(a_trans, b_trans, N, K)) return 0; /* gemm's dot products are faster */
 #endif
-    FN(epilogue) ep = {bias, act_out, act, slope};
+    FN(epilogue) ep = {bias, act_out, act, slope, NULL, NULL, NULL, 0, 0, 0, 0};
     FN(product_panels)(1, z, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, NULL, &ep,
+                       nthreads);
+    return 1;
+}
+
+int FN(gemm_adam)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b,
+                  int ldb, int b_trans, int M, int N, int K, real *w, real *m, real *v,
+                  real lr_t, real beta1, real beta2, real eps, int nthreads)
+{
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    if (!FN(use_small)(GEMM_AUTO, b_trans, M, N, K)) return 0;
+#if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
+    /* gemm would take these by another form of the kernel */
+    if (dot_pays_f32(a_trans, b_trans, N, K) || flip_pays_f32(a_trans, b_trans, M, N, K))
+        return 0;
+#endif
+    FN(epilogue) ep = {NULL, NULL, ACT_LINEAR, 0, w, m, v, lr_t, (real)1 - beta1,
+                       (real)1 - beta2, eps};
+    FN(product_panels)(1, out, ldo, a, lda, a_trans, b, ldb, b_trans, M, N, K, NULL, &ep,
                        nthreads);
     return 1;
 }

@@ -63,6 +63,16 @@ int gemm_dot_pays(int N, int K);
     /* out (cols) = the column sums of m (rows x cols), each summed over the rows in        \
      * order, by the kernel; returns 0, doing nothing, where it does not run. */            \
     int gemm_column_sums_##sfx(real *out, const real *m, int rows, int cols);             \
+    /* out = op(a) op(b), as gemm writes it, and then, taking out as the gradient of       \
+     * parameters w laid out as out (rows ldo apart) with Adam moments m and v, Adam's      \
+     * update of w, m, v (optimizers.h, adam_update with corrected rate lr_t), applied to   \
+     * each tile of out while it is in registers: the same bits as gemm then adam_update.  \
+     * Returns 0, doing nothing, where gemm would not take the product by this form of     \
+     * fastnn's kernel. */                                                                 \
+    int gemm_adam_##sfx(real *out, int ldo, const real *a, int lda, int a_trans,            \
+                        const real *b, int ldb, int b_trans, int M, int N, int K, real *w,  \
+                        real *m, real *v, real lr_t, real beta1, real beta2, real eps,      \
+                        int nthreads);                                                     \
     /* Whether gemm (GEMM_AUTO) computes op(a) op(b) of these sizes by fastnn's kernel,   \
      * in any of its forms, rather than by BLAS. */                                         \
     int gemm_by_kernel_##sfx(int a_trans, int b_trans, int M, int N, int K);

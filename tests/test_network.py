@@ -1129,3 +1129,43 @@ def test_split_units_steps_match_reference():
     want[0] = want[0].T  # stored transposed
     np.testing.assert_allclose(params, np.concatenate([w.ravel() for w in want]),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,w_trans,units", [(np.float32, False, 64), (np.float64, False, 64),
+                                                 (np.float32, True, 25), (np.float32, False, 4)])
+def test_first_layer_adam_in_its_gradient_product(dtype, w_trans, units):
+    """One-part training under Adam updates the first layer's kernel inside its weight
+    gradient's product (gemm_adam; with 4 units the product goes to BLAS and the update
+    runs after it): each step gives the bits of loss_grad (the same forward, loss and
+    backward) followed by adam_update on the whole buffer."""
+    rng = np.random.default_rng(seed_of("adam-in-product", dtype, w_trans, units))
+    C, B = 300, 48
+    x = rng.standard_normal((3 * B, C)).astype(dtype)
+    y = rng.integers(0, 10, (3 * B, 1)).astype(dtype)
+    w1 = rng.standard_normal((units, C) if w_trans else (C, units)) * 0.1
+    specs = [{"kind": "dense", "in_dim": C, "out_dim": units, "act": K.ACTIVATIONS["relu"],
+              "slope": 0.0, "rate": 0.0, "w": 0, "b": w1.size, "w_trans": w_trans},
+             {"kind": "dense", "in_dim": units, "out_dim": 10, "act": 0, "slope": 0.0,
+              "rate": 0.0, "w": w1.size + units, "b": w1.size + units + units * 10}]
+    params = np.concatenate([w1.ravel(), rng.standard_normal(units) * 0.1,
+                             rng.standard_normal(units * 10) * 0.3,
+                             rng.standard_normal(10) * 0.1]).astype(dtype)
+    trained, separate = params.copy(), params.copy()
+    net = K.Network(specs, trained, np.zeros_like(trained))
+    net.max_parts = 1  # the one-part loop (a transposed kernel would be split otherwise)
+    net.set_loss(K.LOSSES[SPARSE], True, False)
+    slots = (np.zeros_like(params), np.zeros_like(params))
+    net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-7, 0, 0, False, 0, *slots)
+    grads = np.zeros_like(params)
+    ref_net = K.Network(specs, separate, grads)
+    ref_net.set_loss(K.LOSSES[SPARSE], True, False)
+    m, v = np.zeros_like(params), np.zeros_like(params)
+    order = np.arange(3 * B, dtype=np.int64)
+    for step in range(3):
+        net.train(x, y, order, step, step + 1, B, 0, 2)
+        rows = slice(step * B, (step + 1) * B)
+        ref_net.loss_grad(x[rows], y[rows], nthreads=2)
+        K.adam_update(separate, grads, m, v, step + 1, 0.01, 0.9, 0.999, 1e-7, nthreads=2)
+        np.testing.assert_array_equal(trained, separate)
+        np.testing.assert_array_equal(slots[0], m)
+        np.testing.assert_array_equal(slots[1], v)
