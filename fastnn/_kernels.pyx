@@ -41,6 +41,8 @@ cdef extern from "gemm.h" nogil:
     int gemm_dot_pays(int N, int K)
     void gemm_method_f32(int method, float *out, int ldo, const float *a, int lda, int a_trans, const float *b, int ldb, int b_trans, int M, int N, int K, sgemm_fn blas, int nthreads)
     void gemm_method_f64(int method, double *out, int ldo, const double *a, int lda, int a_trans, const double *b, int ldb, int b_trans, int M, int N, int K, dgemm_fn blas, int nthreads)
+    int gemm_adam_f32(float *out, int ldo, const float *a, int lda, int a_trans, const float *b, int ldb, int b_trans, int M, int N, int K, float *w, float *m, float *v, float lr_t, float beta1, float beta2, float eps, int nthreads)
+    int gemm_adam_f64(double *out, int ldo, const double *a, int lda, int a_trans, const double *b, int ldb, int b_trans, int M, int N, int K, double *w, double *m, double *v, double lr_t, double beta1, double beta2, double eps, int nthreads)
 
 cdef extern from "losses.h" nogil:
     int LOSS_BINARY_CROSSENTROPY, LOSS_MEAN_SQUARED_ERROR, LOSS_SPARSE_CATEGORICAL_CROSSENTROPY, LOSS_CATEGORICAL_CROSSENTROPY
@@ -254,6 +256,34 @@ def gemm(real[:, ::1] a, real[:, ::1] b, bint a_trans=False, bint b_trans=False,
         else:
             gemm_method_f64(m, &o[0, 0], N, ap, a.shape[1], a_trans, bp, b.shape[1], b_trans, M, N, K, <dgemm_fn>gemm_for(True), nthreads)
     return out
+
+
+def gemm_adam(real[:, ::1] a, real[:, ::1] b, real[:, ::1] w, real[:, ::1] m, real[:, ::1] v,
+              long long t, double lr, double beta1, double beta2, double eps,
+              bint a_trans=False, bint b_trans=False, int nthreads=1):
+    """g = op(a) op(b) as gemm computes it, and Adam's step t on w, m, v (shaped as g) with
+    g as their gradient, inside the product (src_c/gemm.h: gemm_adam). Returns g, or None
+    (nothing done) where fastnn's kernel does not take the product that way."""
+    cdef int M = a.shape[1] if a_trans else a.shape[0]
+    cdef int K = a.shape[0] if a_trans else a.shape[1]
+    cdef int N = b.shape[0] if b_trans else b.shape[1]
+    cdef int kb = b.shape[1] if b_trans else b.shape[0]
+    if kb != K:
+        raise ValueError(f"b: inner dimension {kb} does not match a's {K}")
+    for name, arr in (("w", w), ("m", m), ("v", v)):
+        _dims(name, arr, (M, N))
+    if M * N * K == 0:
+        return None
+    out = np.empty((M, N), dtype=np.asarray(a).dtype)
+    cdef real[:, ::1] o = out
+    cdef double lr_t = adam_corrected_rate(lr, beta1, beta2, t)
+    cdef int done
+    with nogil:
+        if real is float:
+            done = gemm_adam_f32(&o[0, 0], N, &a[0, 0], a.shape[1], a_trans, &b[0, 0], b.shape[1], b_trans, M, N, K, &w[0, 0], &m[0, 0], &v[0, 0], <float>lr_t, <float>beta1, <float>beta2, <float>eps, nthreads)
+        else:
+            done = gemm_adam_f64(&o[0, 0], N, &a[0, 0], a.shape[1], a_trans, &b[0, 0], b.shape[1], b_trans, M, N, K, &w[0, 0], &m[0, 0], &v[0, 0], lr_t, beta1, beta2, eps, nthreads)
+    return out if done else None
 
 
 def dense_forward(real[:, ::1] x, real[:, ::1] w, b, int act, double slope=0.01,

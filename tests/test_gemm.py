@@ -268,3 +268,41 @@ def test_dot_product_choice_depends_on_sizes_only():
     assert not K.dense_kernel_transposed(65, 1, False)
     # full output vectors never
     assert not K.dense_kernel_transposed(784, 256, False)
+
+
+@needs_small
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("a_trans,b_trans", list(itertools.product([False, True], repeat=2)))
+def test_adam_in_the_product_equals_the_product_then_adam(dtype, a_trans, b_trans):
+    """gemm_adam: the product's bits, and Adam's step on w, m, v (laid out as the product)
+    with the product as gradient, bit for bit as gemm then adam_update; on 1 and 2 threads,
+    over shapes around the kernel's tiles and vectors; None (nothing written) where the
+    kernel does not take the product that way."""
+    rng = np.random.default_rng(zlib.crc32(repr(("gemm-adam", dtype, a_trans, b_trans)).encode()))
+    taken = 0
+    for m, n, k in [(784, 256, 128), (13, 33, 7), (6, 65, 50), (25, 400, 32), (100, 17, 3),
+                    (1, 16, 1), (300, 9, 20), (64, 130, 2000)]:
+        a, b = operands(rng, m, n, k, a_trans, b_trans, dtype)
+        w = rng.standard_normal((m, n)).astype(dtype)
+        mom = rng.standard_normal((m, n)).astype(dtype) * 0.1
+        var = rng.random((m, n)).astype(dtype) * 0.01
+        g = K.gemm(a, b, a_trans=a_trans, b_trans=b_trans)
+        want = [x.copy() for x in (w, mom, var)]
+        K.adam_update(*(x.ravel() for x in (want[0], g, want[1], want[2])), 7, 0.01, 0.9,
+                      0.999, 1e-7)
+        for nthreads in (1, 2):
+            got = [x.copy() for x in (w, mom, var)]
+            out = K.gemm_adam(a, b, *got, 7, 0.01, 0.9, 0.999, 1e-7, a_trans=a_trans,
+                              b_trans=b_trans, nthreads=nthreads)
+            if out is None:  # BLAS (too few columns, or too long inner size), or another form
+                for x, x0 in zip(got, (w, mom, var)):
+                    np.testing.assert_array_equal(x, x0)
+                continue
+            taken += 1
+            np.testing.assert_array_equal(out, g)
+            for x, x0 in zip(got, want):
+                np.testing.assert_array_equal(x, x0)
+    assert taken >= 8
+    with pytest.raises(ValueError, match="w"):
+        K.gemm_adam(a, b, np.zeros((m + 1, n), dtype), mom, var, 1, 0.01, 0.9, 0.999, 1e-7,
+                    a_trans=a_trans, b_trans=b_trans)
