@@ -77,6 +77,13 @@ static int skips_output_activation(const nn_model *m, int i, int training)
  * memory: the MNIST-shaped MLP's 200k first-layer parameters are 3 MB, which the caches
  * do not keep between steps (its whole Adam measured 175-190 us a step, against 44 us
  * on data in cache). */
+/* Whether a batch of this weight takes no step: it has no weighted mean to descend (a
+ * step would write NaN into every parameter). Every thread decides alike. */
+static int takes_no_step(double batch_weight)
+{
+    return batch_weight == 0 || isnan(batch_weight);
+}
+
 static int fuses_first_update(const nn_model *m, const nn_optimizer *opt)
 {
     const nn_layer *L = &m->layers[0];
@@ -671,6 +678,16 @@ static void FN(gather_rows)(nn_workspace *ws, int in_dim, const real *x, const r
     if (next0 < next1) FN(prefetch_rows)(x, in_dim, order + next0, next1 - next0);
 }
 
+/* Step `step`'s batch: rows [*r0, *r1) of the epoch's order (the last one may be short);
+ * returns their count, 0 or less past the end of the data. */
+static int FN(step_rows)(const nn_workspace *ws, ptrdiff_t n, ptrdiff_t step, ptrdiff_t *r0,
+                         ptrdiff_t *r1)
+{
+    *r0 = step * ws->batch;
+    *r1 = *r0 + ws->batch < n ? *r0 + ws->batch : n;
+    return (int)(*r1 - *r0);
+}
+
 /* What a step's batch, rows order[r0..r1) of the data, weighs: losses.h's batch_weight
  * (the same sum, in row order), read through the order so that it needs no gathered
  * rows. */
@@ -797,15 +814,11 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
         real *params = ot->params, *summed = ot->grads;
         long long t = start_iterations;
         for (ptrdiff_t step = step_begin; step < step_end; step++) {
-            ptrdiff_t r0 = step * ws->batch;
-            ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
-            int B = (int)(r1 - r0);
+            ptrdiff_t r0, r1;
+            int B = FN(step_rows)(ws, n, step, &r0, &r1);
             if (B <= 0) break;
-            /* every thread computes the batch's weight alike */
             double batch_weight = FN(step_weight)(weights, order, r0, r1);
-            if (batch_weight == 0 || isnan(batch_weight)) {
-                /* no weighted mean to descend: a step would write NaN into every
-                 * parameter (every thread skips it alike) */
+            if (takes_no_step(batch_weight)) {
                 if (tid == 0) *loss_sum += NAN;
                 continue;
             }
@@ -963,13 +976,11 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
         int cur = 0;              /* thread 1: unit_x[cur] holds this step's rows */
         ptrdiff_t gathered = -1;  /* the step whose rows unit_x[cur ^ 1] holds */
         for (ptrdiff_t step = step_begin; step < step_end; step++) {
-            ptrdiff_t r0 = step * ws->batch;
-            ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
-            int B = (int)(r1 - r0);
+            ptrdiff_t r0, r1;
+            int B = FN(step_rows)(ws, n, step, &r0, &r1);
             if (B <= 0) break;
             double batch_weight = FN(step_weight)(weights, order, r0, r1);
-            if (batch_weight == 0 || isnan(batch_weight)) {
-                /* no weighted mean to descend (both threads skip it alike) */
+            if (takes_no_step(batch_weight)) {
                 if (tid == 0) *loss_sum += NAN;
                 continue;
             }
@@ -1054,9 +1065,8 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
     int in_dim = m->layers[0].in_dim;
     real *wb = weights ? (real *)ws->wb : NULL;
     for (ptrdiff_t step = step_begin; step < step_end; step++) {
-        ptrdiff_t r0 = step * ws->batch;
-        ptrdiff_t r1 = r0 + ws->batch < n ? r0 + ws->batch : n;
-        int B = (int)(r1 - r0);
+        ptrdiff_t r0, r1;
+        int B = FN(step_rows)(ws, n, step, &r0, &r1);
         if (B <= 0) break;
         /* a large batch's rows (W2: 128 rows of 784 from 188 MB) wait on memory: both
          * threads fetch them at once */
@@ -1064,8 +1074,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                            FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0,
                                            (int)begin, (int)end));
         double batch_weight = FN(step_weight)(weights, order, r0, r1);
-        if (batch_weight == 0 || isnan(batch_weight)) {
-            /* no weighted mean to descend: a step would write NaN into every parameter */
+        if (takes_no_step(batch_weight)) {
             *loss_sum += NAN;
             continue;
         }
