@@ -8,9 +8,11 @@ check shapes that would make C read out of bounds.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from numpy.random cimport bitgen_t
 
 cnp.import_array()
 
@@ -125,6 +127,13 @@ cdef extern from "network.h" nogil:
     int network_parts(const nn_model *m, int B)
     int network_split_units(const nn_model *m, int B)
     void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
+    ctypedef struct nn_bitgen:
+        void *state
+        uint32_t (*next_uint32)(void *state) nogil
+        uint64_t (*next_uint64)(void *state) nogil
+    void network_shuffle_numpy(int64_t *order, ptrdiff_t n, const nn_bitgen *gen)
+    int network_fit_epochs_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, int64_t *order, ptrdiff_t n, const nn_bitgen *gen, double loss_correction, double tol, int n_iter_no_change, double *best_loss, int *no_improvement, double *losses, int max_epochs, int nthreads)
+    int network_fit_epochs_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, int64_t *order, ptrdiff_t n, const nn_bitgen *gen, double loss_correction, double tol, int n_iter_no_change, double *best_loss, int *no_improvement, double *losses, int max_epochs, int nthreads)
     void network_train_f32(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const float *x, const float *y, int y_width, const float *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     void network_train_f64(const nn_model *m, nn_optimizer *opt, nn_workspace *ws, const double *x, const double *y, int y_width, const double *weights, const int64_t *order, ptrdiff_t n, ptrdiff_t step_begin, ptrdiff_t step_end, uint64_t dropout_seed, double *loss_sum, double *metric_sums, int nthreads)
     int all_finite_f32(const float *x, ptrdiff_t n)
@@ -466,6 +475,21 @@ def shuffle(int64_t[::1] order, uint64_t seed):
     """order = a permutation of range(len(order)) drawn from seed."""
     with nogil:
         network_shuffle(&order[0] if order.shape[0] else NULL, order.shape[0], seed)
+
+
+def shuffle_numpy(int64_t[::1] order, bit_generator):
+    """Shuffles order in place as numpy.random.RandomState(bit_generator).shuffle(order)
+    would, drawing from bit_generator (a numpy BitGenerator, e.g. a RandomState's
+    _bit_generator) under its lock."""
+    cdef bitgen_t *source = <bitgen_t *>PyCapsule_GetPointer(bit_generator.capsule,
+                                                             "BitGenerator")
+    cdef nn_bitgen gen
+    gen.state = source.state
+    gen.next_uint32 = source.next_uint32
+    gen.next_uint64 = source.next_uint64
+    with bit_generator.lock:
+        with nogil:
+            network_shuffle_numpy(&order[0] if order.shape[0] else NULL, order.shape[0], &gen)
 
 
 def conv1d_forward(real[:, :, ::1] x, real[:, :, ::1] w, b, int stride, int pad_left,

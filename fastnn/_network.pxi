@@ -219,6 +219,52 @@ cdef class Network:
             self.training = False
         return loss_sum, [sums[k] for k in range(self.model.n_metrics)]
 
+    def fit_epochs(self, x, y, cnp.ndarray order, int batch, bit_generator,
+                   double loss_correction, double tol, int n_iter_no_change, double best_loss,
+                   int no_improvement, int max_epochs, int nthreads):
+        """Up to max_epochs epochs of scikit-learn's stochastic solver in one call
+        (src_c/network.h: network_fit_epochs): each shuffles order in place with
+        bit_generator's draws as RandomState.shuffle would (None: no shuffle) and steps
+        through all of it in batches of batch rows. Returns (losses, no_improvement,
+        best_loss): the loss of each epoch run, and scikit-learn's count of epochs without
+        improvement and best loss after the last; fewer epochs than max_epochs when that
+        count passes n_iter_no_change. The caller holds bit_generator.lock."""
+        if self.model.loss < 0 or self.opt.kind < 0:
+            raise RuntimeError("set_loss and set_optimizer must come before fit_epochs")
+        cdef ptrdiff_t n = x.shape[0]
+        cdef int y_width = y.shape[1]
+        cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
+        cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
+        cdef int64_t *op = <int64_t *>_data(order, np.int64, (n,), "order")
+        if batch < 1 or max_epochs < 1:
+            raise ValueError("batch and max_epochs: expected positive counts")
+        if order.min() < 0 or order.max() >= n:  # it only permutes them: checked once
+            raise ValueError(f"order: expected row indices in [0, {n})")
+        cdef nn_bitgen gen
+        cdef nn_bitgen *genp = NULL
+        cdef bitgen_t *source
+        if bit_generator is not None:
+            source = <bitgen_t *>PyCapsule_GetPointer(bit_generator.capsule, "BitGenerator")
+            gen.state = source.state
+            gen.next_uint32 = source.next_uint32
+            gen.next_uint64 = source.next_uint64
+            genp = &gen
+        self._check_idle("fit_epochs")
+        cdef nn_workspace *ws = self._train_workspace(batch, y_width)
+        cdef cnp.ndarray losses = np.empty(max_epochs, dtype=np.float64)
+        cdef double *lp = <double *>cnp.PyArray_DATA(losses)
+        cdef int run = 0
+        self.training = True
+        try:
+            with nogil:
+                if self.model.is_double:
+                    run = network_fit_epochs_f64(&self.model, &self.opt, ws, <double *>xp, <double *>yp, y_width, op, n, genp, loss_correction, tol, n_iter_no_change, &best_loss, &no_improvement, lp, max_epochs, nthreads)
+                else:
+                    run = network_fit_epochs_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, op, n, genp, loss_correction, tol, n_iter_no_change, &best_loss, &no_improvement, lp, max_epochs, nthreads)
+        finally:
+            self.training = False
+        return losses[:run], no_improvement, best_loss
+
     def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):
         """out[:] = the network's output for x (inference mode); with check_finite, returns
         False without computing when x holds NaN or inf. Safe from many threads: each call

@@ -68,7 +68,9 @@ joblib's backends, unchanged:
 Each worker needs fastnn (and scikit-learn) installed; set `OMP_NUM_THREADS` (or call
 `fastnn.set_num_threads` in the workers) to the cores each task may use.
 """
+import contextlib
 import copy
+import time
 import warnings
 from numbers import Integral, Real
 
@@ -464,36 +466,68 @@ class _BaseMLP(BaseEstimator):
         correct_mse = isinstance(self, RegressorMixin) and n_out > 1
         nthreads = config.get_num_threads()
 
+        # Epochs that need no Python between them (no validation score, printing, sample
+        # weights or per-epoch learning rate) run many to a compiled call: the shuffle
+        # (RandomState's own draws, from its bit generator), the steps and scikit-learn's
+        # count of epochs without improvement; the call returns where that count decides.
+        whole_epochs = not (early_stopping or self.verbose or sw_train is not None or
+                            incremental or (self.solver == "sgd" and
+                                            self.learning_rate == "invscaling"))
+        bit_generator = rs._bit_generator if self.shuffle and whole_epochs else None
+        loss_correction = 0.5 * (n_out - 1) if correct_mse else 0.0
+        epochs_per_call = 1
         try:
             self.n_iter_ = 0
             with config.blas_threads(1):
-                for _ in range(self.max_iter):
-                    if self.shuffle:
-                        # sklearn.utils.shuffle(sample_idx, random_state=rs), without its
-                        # overhead: the same draws and swaps, on sample_idx in place
-                        rs.shuffle(sample_idx)
-                    if sw_train is not None:
-                        self._check_batch_weights(sw_train, sample_idx, batch_starts)
+                while self.n_iter_ < self.max_iter:
                     opt.learning_rate = schedule.learning_rate
                     opt.configure(network, n_params, params_dtype)
-                    loss_sum, metric_sums = network.train(X_train, targets, sample_idx, 0,
-                                                          steps, batch_size, 0, nthreads,
-                                                          weights=sw_train)
-                    opt.iterations = network.iterations
-                    if correct_mse:
-                        # the gradient is scikit-learn's (half squared error summed over
-                        # the outputs); its reported loss averages over them (weighted,
-                        # the metric is weighted as the loss is)
-                        loss_sum -= 0.5 * (n_out - 1) * metric_sums[0]
-                    self.n_iter_ += 1
-                    self.loss_ = loss_sum / n_samples
-                    self.t_ += n_samples
-                    self.loss_curve_.append(self.loss_)
-                    if self.verbose:
-                        print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                    if whole_epochs:
+                        start = time.perf_counter()
+                        with bit_generator.lock if bit_generator else contextlib.nullcontext():
+                            losses, self._no_improvement_count, self.best_loss_ = (
+                                network.fit_epochs(
+                                    X_train, targets, sample_idx, batch_size, bit_generator,
+                                    loss_correction, self.tol, self.n_iter_no_change,
+                                    self.best_loss_, self._no_improvement_count,
+                                    min(epochs_per_call, self.max_iter - self.n_iter_),
+                                    nthreads))
+                        opt.iterations = network.iterations
+                        # calls of about 0.1 s: Ctrl-C and other Python threads get their
+                        # turn between them
+                        per_epoch = (time.perf_counter() - start) / len(losses)
+                        epochs_per_call = max(1, min(1000, int(0.1 / max(per_epoch, 1e-7))))
+                        for loss in losses.tolist():
+                            self.n_iter_ += 1
+                            self.loss_ = loss
+                            self.t_ += n_samples
+                            self.loss_curve_.append(loss)
+                    else:
+                        if self.shuffle:
+                            # sklearn.utils.shuffle(sample_idx, random_state=rs), without
+                            # its overhead: the same draws and swaps, on sample_idx in place
+                            rs.shuffle(sample_idx)
+                        if sw_train is not None:
+                            self._check_batch_weights(sw_train, sample_idx, batch_starts)
+                        loss_sum, metric_sums = network.train(X_train, targets, sample_idx, 0,
+                                                              steps, batch_size, 0, nthreads,
+                                                              weights=sw_train)
+                        opt.iterations = network.iterations
+                        if correct_mse:
+                            # the gradient is scikit-learn's (half squared error summed over
+                            # the outputs); its reported loss averages over them (weighted,
+                            # the metric is weighted as the loss is)
+                            loss_sum -= loss_correction * metric_sums[0]
+                        self.n_iter_ += 1
+                        self.loss_ = loss_sum / n_samples
+                        self.t_ += n_samples
+                        self.loss_curve_.append(self.loss_)
+                        if self.verbose:
+                            print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
-                    self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
-                    schedule.iteration_ends(self.t_)
+                        self._update_no_improvement_count(early_stopping, X_val, y_val,
+                                                          sw_val)
+                        schedule.iteration_ends(self.t_)
 
                     if self._no_improvement_count > self.n_iter_no_change:
                         if early_stopping:

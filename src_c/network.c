@@ -43,6 +43,39 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed)
     }
 }
 
+/* A uniform index in [0, max], drawn as numpy's legacy random_interval draws it: the
+ * generator's next 32 bits (64 above 2^32 - 1) under the smallest all-ones mask that
+ * covers max, until one is at most max. */
+static uint64_t numpy_interval(const nn_bitgen *gen, uint64_t max)
+{
+    if (max == 0) return 0;
+    uint64_t mask = max, value;
+    mask |= mask >> 1;
+    mask |= mask >> 2;
+    mask |= mask >> 4;
+    mask |= mask >> 8;
+    mask |= mask >> 16;
+    mask |= mask >> 32;
+    if (max <= 0xffffffffull) {
+        while ((value = (gen->next_uint32(gen->state) & mask)) > max) {
+        }
+    } else {
+        while ((value = (gen->next_uint64(gen->state) & mask)) > max) {
+        }
+    }
+    return value;
+}
+
+void network_shuffle_numpy(int64_t *order, ptrdiff_t n, const nn_bitgen *gen)
+{
+    for (ptrdiff_t i = n - 1; i > 0; i--) {
+        ptrdiff_t j = (ptrdiff_t)numpy_interval(gen, (uint64_t)i);
+        int64_t t = order[j];
+        order[j] = order[i];
+        order[i] = t;
+    }
+}
+
 /* Which per-layer buffers a layer needs of its own (the others alias a neighbour). A
  * dense or conv layer keeps z apart from a only when backward needs z: not for linear
  * (a is z), nor for relu, whose derivative reads only the sign of z, and relu(z) > 0
@@ -1090,6 +1123,32 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
         }
     }
     fastnn_ftz_leave(csr);
+}
+
+int FN(network_fit_epochs)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
+                           const real *x, const real *y, int y_width, int64_t *order,
+                           ptrdiff_t n, const nn_bitgen *gen, double loss_correction,
+                           double tol, int n_iter_no_change, double *best_loss,
+                           int *no_improvement, double *losses, int max_epochs, int nthreads)
+{
+    ptrdiff_t steps = (n + ws->batch - 1) / ws->batch;
+    for (int epoch = 0; epoch < max_epochs; epoch++) {
+        if (gen) network_shuffle_numpy(order, n, gen);
+        double loss_sum = 0, metric_sums[NN_MAX_METRICS] = {0};
+        FN(network_train)(m, opt, ws, x, y, y_width, NULL, order, n, 0, steps, 0, &loss_sum,
+                          metric_sums, nthreads);
+        if (loss_correction != 0) loss_sum -= loss_correction * metric_sums[0];
+        double loss = loss_sum / (double)n;
+        losses[epoch] = loss;
+        /* scikit-learn's _update_no_improvement_count (NaN counts as an improvement there) */
+        if (loss > *best_loss - tol)
+            *no_improvement += 1;
+        else
+            *no_improvement = 0;
+        if (loss < *best_loss) *best_loss = loss;
+        if (*no_improvement > n_iter_no_change) return epoch + 1;
+    }
+    return max_epochs;
 }
 
 FASTNN_VECTORIZED

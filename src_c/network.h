@@ -144,6 +144,20 @@ void network_workspace_free(nn_workspace *ws);
 /* order[0..n) = a permutation of 0..n-1 drawn from seed (Fisher-Yates, splitmix64). */
 void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
 
+/* A source of random bits with numpy's bit-generator interface (its bitgen_t: the state
+ * and the functions that draw from it). */
+typedef struct {
+    void *state;
+    uint32_t (*next_uint32)(void *state);
+    uint64_t (*next_uint64)(void *state);
+} nn_bitgen;
+
+/* Shuffles order[0..n) in place as numpy's RandomState.shuffle shuffles a 1-D array with
+ * the same generator: Fisher-Yates from the last element, each index drawn by numpy's
+ * masked rejection (its legacy random_interval). The permutation and the generator's
+ * state afterwards are numpy's, draw for draw. */
+void network_shuffle_numpy(int64_t *order, ptrdiff_t n, const nn_bitgen *gen);
+
 #define FASTNN_DECLARE_NETWORK(real, sfx)                                                  \
     /* Steps [step_begin, step_end) of an epoch over rows order[0..n) of x, y. Adds each   \
      * batch's loss times its size to *loss_sum and its metric sums to metric_sums.        \
@@ -170,7 +184,22 @@ void network_shuffle(int64_t *order, ptrdiff_t n, uint64_t seed);
      * training. */                                                                        \
     double network_loss_grad_##sfx(const nn_model *m, nn_workspace *ws, const real *x,     \
                                    const real *y, int y_width, const real *weights,        \
-                                   int rows, int nthreads);
+                                   int rows, int nthreads);                                \
+    /* Up to max_epochs whole epochs of scikit-learn's stochastic solver over rows         \
+     * order[0..n) of x, y (batches of ws->batch rows, unweighted, no dropout): each epoch \
+     * first shuffles order with gen (network_shuffle_numpy; NULL: no shuffle), runs its   \
+     * steps (network_train) and stores its loss, (loss_sum - loss_correction *            \
+     * metric_sums[0]) / n, in losses[epoch]; then counts it as scikit-learn counts epochs \
+     * without improvement: *no_improvement + 1 when the loss exceeds *best_loss - tol,    \
+     * else 0, and *best_loss becomes the lower of the two. Returns the epochs run: fewer  \
+     * than max_epochs when the count passes n_iter_no_change, where scikit-learn decides  \
+     * whether to stop (its learning-rate schedule may go on instead). */                  \
+    int network_fit_epochs_##sfx(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,   \
+                                 const real *x, const real *y, int y_width, int64_t *order,\
+                                 ptrdiff_t n, const nn_bitgen *gen, double loss_correction,\
+                                 double tol, int n_iter_no_change, double *best_loss,      \
+                                 int *no_improvement, double *losses, int max_epochs,      \
+                                 int nthreads);
 
 FASTNN_DECLARE_NETWORK(float, f32)
 FASTNN_DECLARE_NETWORK(double, f64)

@@ -745,6 +745,70 @@ def test_shuffle_is_a_seeded_permutation():
     K.shuffle(np.empty(0, dtype=np.int64), 1)  # empty: no crash
 
 
+
+def test_shuffle_numpy_draws_as_randomstate():
+    """K.shuffle_numpy (network_shuffle_numpy) takes RandomState.shuffle's draws from the
+    same generator: the same permutation, and the generator left in the same state."""
+    for n in (0, 1, 2, 3, 17, 1437, 100003):
+        for seed in (0, 5):
+            a = np.arange(n, dtype=np.int64) * 3
+            b = a.copy()
+            ra, rb = np.random.RandomState(seed), np.random.RandomState(seed)
+            for _ in range(2):
+                ra.shuffle(a)
+                K.shuffle_numpy(b, rb._bit_generator)
+                assert np.array_equal(a, b)
+            assert ra.randint(2**31, size=4).tolist() == rb.randint(2**31, size=4).tolist()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads):
+    """Network.fit_epochs (network_fit_epochs) against the same epochs as Network.train
+    calls over RandomState.shuffle's orders: the same losses and parameters bit for bit,
+    and scikit-learn's count of epochs without improvement, returning where it passes
+    n_iter_no_change."""
+    rng = np.random.default_rng(seed_of("fit_epochs", shuffle, nthreads))
+    layers, x, y = big_problem(rng, n=203)
+    nets = []
+    for _ in range(2):
+        net, params, _ = network_from_layers(layers, l2=0.01)
+        net.set_loss(K.LOSSES[SPARSE], False, True, [K.METRICS["sparse_categorical_accuracy"]])
+        net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-8, 0, 0, False, 0, np.zeros_like(params),
+                          np.zeros_like(params))
+        nets.append((net, params))
+    (ours, our_params), (theirs, their_params) = nets
+    our_order = np.arange(len(x), dtype=np.int64)
+    their_order = our_order.copy()
+    our_rs, their_rs = np.random.RandomState(3), np.random.RandomState(3)
+    tol, patience = 0.02, 1
+    expected, best, count = [], np.inf, 0
+    for _ in range(40):  # scikit-learn's loop, as fastnn.sklearn runs it epoch by epoch
+        if shuffle:
+            their_rs.shuffle(their_order)
+        loss_sum, metrics = theirs.train(x, y, their_order, 0, 3, 100, 0, nthreads)
+        loss = (loss_sum - 0.25 * metrics[0]) / len(x)
+        expected.append(loss)
+        count = count + 1 if loss > best - tol else 0
+        best = min(best, loss)
+        if count > patience:
+            break
+    assert 3 <= len(expected) < 40  # it stopped on the count
+    losses, got_count, got_best = ours.fit_epochs(
+        x, y, our_order, 100, our_rs._bit_generator if shuffle else None, 0.25, tol, patience,
+        np.inf, 0, 40, nthreads)
+    assert losses.tolist() == expected
+    assert (got_count, got_best) == (count, best)
+    assert np.array_equal(our_order, their_order) and np.array_equal(our_params, their_params)
+    assert ours.iterations == theirs.iterations == 3 * len(expected)
+    # max_epochs bounds a call; the count and best loss carry over between calls
+    losses, got_count, got_best = ours.fit_epochs(x, y, our_order, 100, None, 0.0, tol, 10**6,
+                                                  got_best, got_count, 2, nthreads)
+    assert len(losses) == 2 and got_count == count + 2
+    with pytest.raises(ValueError, match="order"):
+        ours.fit_epochs(x, y, our_order + 1, 100, None, 0.0, tol, 1, np.inf, 0, 1, nthreads)
+
+
 # ---- training steps cut into row parts (network.h: network_parts) ----------------------
 
 PART_OPTIMIZERS = {"sgd_momentum": ((0, 0.1, 0, 0, 0, 0, 0.9), {"name": "sgd", "learning_rate": 0.1,

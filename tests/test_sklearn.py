@@ -251,6 +251,47 @@ def test_sgd_schedules_match_sklearn(schedule):
         assert ours._schedule.learning_rate == pytest.approx(theirs._optimizer.learning_rate)
 
 
+@pytest.mark.parametrize("case", [
+    dict(est="clf"), dict(est="clf", shuffle=False),
+    dict(est="clf", solver="sgd", learning_rate="adaptive", learning_rate_init=0.05,
+         tol=1e-2, n_iter_no_change=2, max_iter=80),
+    dict(est="reg", batch_size=50), dict(est="clf", random_state="instance")])
+def test_whole_epochs_equal_epoch_by_epoch(case, capsys):
+    """Epochs run many to a compiled call (Network.fit_epochs: the shuffle from the
+    RandomState's own generator, the steps and the no-improvement count) train exactly as
+    epochs run one by one with Python between them (verbose=True takes that path): the
+    same loss curve, stopping epoch and weights, and the same draws from a RandomState
+    passed as random_state."""
+    case = dict(case)
+    est = case.pop("est")
+    if est == "clf":
+        X, y = _scaled(load_digits)
+        make = MLPClassifier
+    else:  # multi-output: the reported loss averages the outputs' (a metric corrects it)
+        X, y = make_friedman1(n_samples=300, random_state=0)
+        y = np.stack([y, -0.5 * y], axis=1)
+        make = MLPRegressor
+    case.setdefault("max_iter", 25)
+    fits = []
+    for verbose in (False, True):
+        kw = dict(case, random_state=0, verbose=verbose)
+        if case.get("random_state") == "instance":
+            kw["random_state"] = np.random.RandomState(4)
+        fits.append((make(**kw).fit(X, y), kw["random_state"]))
+    assert "Iteration 1, loss" in capsys.readouterr().out
+    (whole, rs_whole), (by_epoch, rs_by_epoch) = fits
+    assert whole.n_iter_ == by_epoch.n_iter_ and whole.t_ == by_epoch.t_
+    assert whole.loss_curve_ == by_epoch.loss_curve_
+    assert whole.best_loss_ == by_epoch.best_loss_
+    assert whole._no_improvement_count == by_epoch._no_improvement_count
+    for a, b in zip(whole.coefs_ + whole.intercepts_, by_epoch.coefs_ + by_epoch.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    if isinstance(rs_whole, np.random.RandomState):
+        assert rs_whole.randint(2**31) == rs_by_epoch.randint(2**31)
+    if case.get("learning_rate") == "adaptive":
+        assert whole.n_iter_ < 80 and whole._schedule.learning_rate < 0.05
+
+
 def test_tol_stops_training():
     X, y = _scaled(load_breast_cancer)
     kw = dict(tol=0.5, n_iter_no_change=2, random_state=0, max_iter=200)
