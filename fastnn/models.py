@@ -16,6 +16,7 @@ from . import _validation as check
 from . import config
 from . import losses as losses_module
 from . import optimizers as optimizers_module
+from ._buffers import aligned_zeros
 from ._kernels import LOSSES, METRICS, MAX_METRICS, Network
 from ._progress import Progress
 from .callbacks import Callback, History
@@ -159,8 +160,8 @@ class Sequential:
             shapes.append(layer.param_shapes())
         sizes = [[math.prod(s) for s in layer_shapes] for layer_shapes in shapes]
         total = sum(sum(s) for s in sizes)
-        params = np.zeros(max(total, 1), dtype=self.dtype)
-        grads = np.zeros_like(params)
+        params = aligned_zeros(max(total, 1), self.dtype)
+        grads = aligned_zeros(max(total, 1), self.dtype)
         # Buffer position of each parameter element, in get_weights order: a layer may
         # store an array in another layout (Dense.choose_storage), and files keep this
         # order (_to_weights_order).

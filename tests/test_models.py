@@ -1174,3 +1174,36 @@ def test_transposed_kernel_is_an_ordinary_weight(monkeypatch):
     for s1, s2 in zip(model.optimizer.slots, plain.optimizer.slots):
         np.testing.assert_allclose(model._to_weights_order(s1), s2, rtol=1e-3, atol=1e-9)
         np.testing.assert_array_equal(model._from_weights_order(model._to_weights_order(s1)), s1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_parameter_gradient_and_optimizer_buffers_start_on_cache_lines(tmp_path, dtype):
+    """The kernels' 64-byte vector loads from the model's flat buffers do not straddle
+    cache lines (fastnn/_buffers.py): the parameters, their gradients and the optimizer
+    state start on 64-byte boundaries after build, fit, load and pickle, and state set
+    from outside is realigned with its values kept."""
+    import pickle
+
+    def starts_on_lines(model):
+        arrays = [model._params, model._grads, *model.optimizer.slots]
+        return all(a.ctypes.data % 64 == 0 for a in arrays)
+
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((64, 7)), rng.standard_normal((64, 1))
+    model = Sequential([Input((7,)), Dense(9, activation="relu"), Dense(1)], dtype=dtype)
+    model.compile(optimizer=Adam(), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert starts_on_lines(model)
+    model.save(tmp_path / "m.fastnn")
+    for copy in (fastnn.load_model(tmp_path / "m.fastnn"), pickle.loads(pickle.dumps(model))):
+        copy.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        assert starts_on_lines(copy)
+    raw = np.zeros(model._params.size + 1, dtype=dtype)[1:]  # 8 or 4 bytes past a line
+    values = rng.standard_normal(model._params.size)
+    moments = np.abs(values)
+    raw[...] = values
+    model.optimizer.slots = (raw, moments.astype(dtype))
+    model.optimizer.configure(model._network, model._params.size, model._params.dtype)
+    assert starts_on_lines(model)
+    np.testing.assert_array_equal(model.optimizer.slots[0], values.astype(dtype))
+    np.testing.assert_array_equal(model.optimizer.slots[1], moments.astype(dtype))
