@@ -273,9 +273,11 @@ def targets(rows, heap):
                                    f"epoch 1" if sub is not None else "not run"))
     for r in rows:
         if r.get("section") == "sklearn_wrapper" and "ratio" in r:
-            add(f"SK sklearn MLPClassifier / fastnn.sklearn, {r['dataset']}", r["ratio"], 10,
+            add(f"SK sklearn MLPClassifier / fastnn.sklearn, {r['dataset']} "
+                f"{r.get('dtype', 'float32')}", r["ratio"], 10,
                 ">=", note=f"accuracy fastnn {r['fastnn_accuracy']:.4f}, scikit-learn "
-                           f"{r['sklearn_accuracy']:.4f}")
+                           f"{r['sklearn_accuracy']:.4f}; fastnn "
+                           f"{_f(r.get('fastnn_gflops'), '.0f', 1)} GFLOP/s")
     subn = [r for r in rows if r["section"] == "subnormal" and r["peer"] == "fastnn"]
     if subn:
         others = ", ".join(f"{r['peer']} {r['subnormal_over_normal']:.2f}x" for r in rows
@@ -390,8 +392,9 @@ def print_report(report):
         for r in wrap:
             if {"fastnn_s", "sklearn_s", "ratio"} <= r.keys():
                 times = {k: r.get(f"{k}_times") or [r[f"{k}_s"]] for k in ("fastnn", "sklearn")}
-                print(f"MLPClassifier, {r.get('dataset', '')} n={r.get('n_samples', '?')}, "
-                      f"settings {r.get('settings', {})}")
+                print(f"MLPClassifier, {r.get('dataset', '')} {r.get('dtype', '')} "
+                      f"n={r.get('n_samples', '?')}, settings {r.get('settings', {})}, fastnn "
+                      f"{_f(r.get('fastnn_gflops'), '.1f', 1)} GFLOP/s")
                 for k in ("fastnn", "sklearn"):
                     print(f"  {k:<8} median {r[f'{k}_s']:.4f} s ({min(times[k]):.4f}-"
                           f"{max(times[k]):.4f}), test accuracy "
