@@ -475,7 +475,7 @@ class _BaseMLP(BaseEstimator):
                                             self.learning_rate == "invscaling"))
         bit_generator = rs._bit_generator if self.shuffle and whole_epochs else None
         loss_correction = 0.5 * (n_out - 1) if correct_mse else 0.0
-        epochs_per_call = 1
+        threads = config.ThreadPicker(nthreads)
         try:
             self.n_iter_ = 0
             with config.blas_threads(1):
@@ -483,20 +483,19 @@ class _BaseMLP(BaseEstimator):
                     opt.learning_rate = schedule.learning_rate
                     opt.configure(network, n_params, params_dtype)
                     if whole_epochs:
+                        # calls of about 0.1 s (Ctrl-C and other Python threads get their
+                        # turn between them), on the thread count that runs them fastest
+                        call_threads, epochs = threads.next_call(self.max_iter - self.n_iter_)
                         start = time.perf_counter()
                         with bit_generator.lock if bit_generator else contextlib.nullcontext():
                             losses, self._no_improvement_count, self.best_loss_ = (
                                 network.fit_epochs(
                                     X_train, targets, sample_idx, batch_size, bit_generator,
                                     loss_correction, self.tol, self.n_iter_no_change,
-                                    self.best_loss_, self._no_improvement_count,
-                                    min(epochs_per_call, self.max_iter - self.n_iter_),
-                                    nthreads))
+                                    self.best_loss_, self._no_improvement_count, epochs,
+                                    call_threads))
+                        threads.record(call_threads, time.perf_counter() - start, len(losses))
                         opt.iterations = network.iterations
-                        # calls of about 0.1 s: Ctrl-C and other Python threads get their
-                        # turn between them
-                        per_epoch = (time.perf_counter() - start) / len(losses)
-                        epochs_per_call = max(1, min(1000, int(0.1 / max(per_epoch, 1e-7))))
                         for loss in losses.tolist():
                             self.n_iter_ += 1
                             self.loss_ = loss

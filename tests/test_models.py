@@ -1207,3 +1207,92 @@ def test_parameter_gradient_and_optimizer_buffers_start_on_cache_lines(tmp_path,
     assert starts_on_lines(model)
     np.testing.assert_array_equal(model.optimizer.slots[0], values.astype(dtype))
     np.testing.assert_array_equal(model.optimizer.slots[1], moments.astype(dtype))
+
+
+# ---- the thread count per call (config.ThreadPicker) --------------------------------------
+
+def _run_picker(picker, seconds_per_unit, units_total=10**6, calls=200):
+    """Drives a ThreadPicker with times from seconds_per_unit(threads, call_index);
+    returns the (threads, units) of each call."""
+    out, done = [], 0
+    for i in range(calls):
+        threads, units = picker.next_call(units_total - done)
+        out.append((threads, units))
+        picker.record(threads, seconds_per_unit(threads, i) * units, units)
+        done += units
+    return out
+
+
+def test_thread_picker_keeps_the_faster_count():
+    from fastnn.config import ThreadPicker
+    # quiet: two threads 0.4 ms an epoch, one thread 0.6 ms
+    calls = _run_picker(ThreadPicker(2), lambda t, i: 4e-4 if t == 2 else 6e-4)
+    assert [t for t, _ in calls[:4]] == [1, 2, 1, 2]  # warm-up, then probes
+    assert all(u == 1 for _, u in calls[:4])
+    assert calls[4] == (2, 50)  # first_call_seconds (0.02 s) of two-thread epochs
+    assert calls[5] == (2, 250)  # then call_seconds (0.1 s)
+    ones = [i for i, (t, _) in enumerate(calls) if t == 1 and i >= 4]
+    # reprobes of one thread: after 0.25 s on the choice, then 0.5 s, 1 s, ...
+    assert 2 <= len(ones) <= 8 and all(calls[i][1] == 1 for i in ones)
+    # beside a busy loop: two threads 30 ms an epoch; probing stops at the first probe
+    calls = _run_picker(ThreadPicker(2), lambda t, i: 3e-2 if t == 2 else 6e-4, calls=6)
+    assert [t for t, _ in calls[:3]] == [1, 2, 1] and calls[3][0] == 1 and calls[3][1] > 1
+    # one thread configured: no probes
+    calls = _run_picker(ThreadPicker(1), lambda t, i: 6e-4, calls=5)
+    assert {t for t, _ in calls} == {1}
+
+
+def test_thread_picker_recovers_from_an_optimistic_probe_and_ignores_jitter():
+    from fastnn.config import ThreadPicker
+    # the two-thread probes fell into the busy loop's pause; the first long call did not
+    calls = _run_picker(ThreadPicker(2), lambda t, i: (4e-4 if i < 4 else 3e-2) if t == 2
+                        else 6e-4, calls=12)
+    assert calls[4][0] == 2 and calls[5][0] == 1 and calls[6][0] == 1
+    # short calls (one epoch each, as Sequential.fit makes them): one slow epoch in ten
+    # does not hand the fit to one thread
+    picker = ThreadPicker(2)
+    jitter = [(2, 1) for _ in range(100)]
+    for i, _ in enumerate(jitter):
+        threads, units = picker.next_call(1)
+        slow = threads == 2 and i % 10 == 9
+        picker.record(threads, (9e-4 if slow else 4e-4) if threads == 2 else 6e-4, units)
+        jitter[i] = threads
+    assert jitter[4:].count(1) <= 2
+
+
+@pytest.mark.parametrize("shape", ["split_units", "parts"])
+def test_thread_count_changing_between_calls_changes_no_bits(monkeypatch, shape):
+    """Each call of a fit may run on another thread count (config.ThreadPicker): the
+    weights and losses are those of a fit on one thread, bit for bit, for a model whose
+    first layer splits its units between threads and one whose batches split into parts."""
+    rng = np.random.default_rng(77)
+    if shape == "split_units":  # the course's network
+        x = rng.standard_normal((96, 400)).astype(np.float32)
+        y = (rng.random((96, 1)) < 0.5).astype(np.float32)
+        layers, loss, batch = lambda: [Dense(25, activation="sigmoid"),
+                                       Dense(1, activation="sigmoid")], "binary_crossentropy", 32
+    else:
+        x = rng.standard_normal((600, 64)).astype(np.float32)
+        y = rng.integers(0, 10, (600, 1)).astype(np.float32)
+        layers, loss, batch = lambda: [Dense(100, activation="relu"),
+                                       Dense(10, activation="softmax")], \
+            "sparse_categorical_crossentropy", 200
+    counts = iter([2, 1] * 100)
+
+    class Alternating(fastnn.config.ThreadPicker):
+        def next_call(self, remaining):
+            return next(counts), 1
+
+    results = []
+    for picker, threads in ((Alternating, 2), (fastnn.config.ThreadPicker, 1)):
+        monkeypatch.setattr(fastnn.config, "ThreadPicker", picker)
+        set_random_seed(5)
+        model = Sequential(layers())
+        model.compile(optimizer=Adam(1e-3), loss=loss)
+        with fastnn.num_threads(threads):
+            history = model.fit(x, y, batch_size=batch, epochs=24, verbose=0, seed=3)
+        results.append((model.get_weights(), history.history["loss"]))
+    (w_alt, l_alt), (w_one, l_one) = results
+    for a, b in zip(w_alt, w_one):
+        np.testing.assert_array_equal(a, b)
+    assert l_alt == l_one

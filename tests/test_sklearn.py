@@ -292,6 +292,27 @@ def test_whole_epochs_equal_epoch_by_epoch(case, capsys):
         assert whole.n_iter_ < 80 and whole._schedule.learning_rate < 0.05
 
 
+def test_thread_counts_per_call_change_no_bits(monkeypatch):
+    """Whole-epoch calls may each run on another thread count (config.ThreadPicker): the
+    fit is the one-thread fit, bit for bit."""
+    import fastnn
+    X, y = _scaled(load_digits)
+    counts = iter([2, 1, 2, 2, 1] * 50)
+
+    class Alternating(fastnn.config.ThreadPicker):
+        def next_call(self, remaining):
+            return next(counts), min(remaining, 3)
+
+    with fastnn.num_threads(1):
+        one = MLPClassifier(random_state=0, max_iter=30).fit(X, y)
+    monkeypatch.setattr(fastnn.config, "ThreadPicker", Alternating)
+    with fastnn.num_threads(2):
+        mixed = MLPClassifier(random_state=0, max_iter=30).fit(X, y)
+    assert mixed.loss_curve_ == one.loss_curve_
+    for a, b in zip(mixed.coefs_ + mixed.intercepts_, one.coefs_ + one.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_tol_stops_training():
     X, y = _scaled(load_breast_cancer)
     kw = dict(tol=0.5, n_iter_no_change=2, random_state=0, max_iter=200)
