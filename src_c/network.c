@@ -774,6 +774,36 @@ static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdi
     }
 }
 
+/* network_fit_epochs' epochs, as train_in_parts runs them in its one OpenMP region: the
+ * shuffle before each, and after each its loss and scikit-learn's no-improvement count
+ * (see network_fit_epochs). */
+typedef struct {
+    int max_epochs;
+    const nn_bitgen *gen;
+    double loss_correction, tol;
+    int n_iter_no_change;
+    double *best_loss, *losses;
+    int *no_improvement;
+    int epochs_run; /* set on return */
+} FN(fit_plan);
+
+/* Ends an epoch of a fit plan: its loss from the sums, the count; whether to stop. */
+static int FN(end_epoch)(FN(fit_plan) *plan, int epoch, double loss_sum,
+                         const double *metric_sums, ptrdiff_t n)
+{
+    if (plan->loss_correction != 0) loss_sum -= plan->loss_correction * metric_sums[0];
+    double loss = loss_sum / (double)n;
+    plan->losses[epoch] = loss;
+    plan->epochs_run = epoch + 1;
+    /* scikit-learn's _update_no_improvement_count (NaN counts as an improvement there) */
+    if (loss > *plan->best_loss - plan->tol)
+        *plan->no_improvement += 1;
+    else
+        *plan->no_improvement = 0;
+    if (loss < *plan->best_loss) *plan->best_loss = loss;
+    return *plan->no_improvement > plan->n_iter_no_change;
+}
+
 /* network_train for a workspace whose batches are cut into parts (network_parts): one
  * OpenMP region for all the steps, thread t running parts t, t + T, ... of each step.
  * Every thread keeps a replica of the parameters and the optimizer state (thread 0 the
@@ -789,13 +819,18 @@ static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdi
  * (read while their writer has moved on to the other parity's buffers), where updating
  * shared parameters by ranges made every parameter cross twice and an update stall on
  * each (measured slower than one thread on small models). The parts and sums are the
- * same on any number of threads, so the results are too. */
+ * same on any number of threads, so the results are too.
+ * With a fit plan (else NULL), the region runs the plan's epochs of all the steps
+ * (step_begin, step_end and the sums unused): thread 0 shuffles the order before each
+ * epoch and ends it after its last step, between barriers, so that a fit's many short
+ * epochs (scikit-learn's breast_cancer: 3 steps) pay for the region, the replicas and
+ * the caches' warm-up once (measured: 14 us an epoch). */
 static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                                const real *x, const real *y, int y_width,
-                               const real *weights, const int64_t *order, ptrdiff_t n,
+                               const real *weights, int64_t *order, ptrdiff_t n,
                                ptrdiff_t step_begin, ptrdiff_t step_end,
                                uint64_t dropout_seed, double *loss_sum, double *metric_sums,
-                               int nthreads)
+                               FN(fit_plan) *plan, int nthreads)
 {
     enum { MAX_PARTS = 2 };
     /* by the parity of the steps taken, as the gradient buffers */
@@ -808,6 +843,16 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
     long long start_iterations = opt->iterations, taken = 0;
     int nt = nthreads < ws->parts ? nthreads : ws->parts;
     if (nt < 1) nt = 1;
+    int epochs = plan ? plan->max_epochs : 1;
+    double epoch_loss = 0, epoch_metrics[NN_MAX_METRICS];
+    int stop = 0; /* thread 0 ends the plan's epochs; every thread reads it after a barrier */
+    if (plan) {
+        step_begin = 0;
+        step_end = (n + ws->batch - 1) / ws->batch;
+        loss_sum = &epoch_loss;
+        metric_sums = epoch_metrics;
+        plan->epochs_run = 0;
+    }
     FN(set_layer_buffers)(m, ws, ws->xb, 1);
 #ifdef _OPENMP
     #pragma omp parallel num_threads(nt) reduction(max: taken)
@@ -846,52 +891,73 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
         }
         real *params = ot->params, *summed = ot->grads;
         long long t = start_iterations;
-        for (ptrdiff_t step = step_begin; step < step_end; step++) {
-            ptrdiff_t r0, r1;
-            int B = FN(step_rows)(ws, n, step, &r0, &r1);
-            if (B <= 0) break;
-            double batch_weight = FN(step_weight)(weights, order, r0, r1);
-            if (takes_no_step(batch_weight)) {
-                if (tid == 0) *loss_sum += NAN;
-                continue;
-            }
-            /* a short last batch is cut too: its rows are fewer, but the other threads
-             * would only wait for them */
-            int parts = B < ws->parts ? B : ws->parts;
-            /* steps taken alternate: a skipped step has no barrier, so its number's
-             * parity would let a thread reuse buffers another still reads */
-            int parity = (int)((t - start_iterations) & 1);
-            real *step_grads = (real *)ws->part_grads + (ptrdiff_t)parity * ws->parts * apart;
-            for (int c = tid; c < parts; c += T) {
-                int p0 = (int)((long long)B * c / parts), p1 = (int)((long long)B * (c + 1) / parts);
-                const real *xp = (const real *)ws->xb + (ptrdiff_t)p0 * in_dim;
-                const real *yp = (const real *)ws->yb + (ptrdiff_t)p0 * y_width;
-                const real *wp = weights ? (const real *)ws->wb + p0 : NULL;
-                FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
-                FN(forward)(mt, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
-                part_loss[parity][c] =
-                    FN(output_loss)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, 1, 0, 1) +
-                    FN(l2_range)(mt, params, batch_weight, n_params * c / parts,
-                                 n_params * (c + 1) / parts);
-                for (int k = 0; k < m->n_metrics; k++) part_metrics[parity][c][k] = 0;
-                FN(add_metrics)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, B, 1,
-                                part_metrics[parity][c]);
-                FN(backward)(mt, ws, xp, p0, p1 - p0, batch_weight, step_grads + c * apart,
-                             model_grads, 0, 1);
-            }
+        for (int epoch = 0; epoch < epochs; epoch++) {
+            if (plan) {
+                if (tid == 0) {
+                    if (plan->gen) network_shuffle_numpy(order, n, plan->gen);
+                    epoch_loss = 0;
+                    for (int k = 0; k < NN_MAX_METRICS; k++) epoch_metrics[k] = 0;
+                }
 #ifdef _OPENMP
-            #pragma omp barrier
+                #pragma omp barrier /* the epoch's order */
 #endif
-            t += 1;
-            FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
-                          batch_weight);
-            FN(optimizer_update)(ot, t, 0, n_params, 1);
-            if (tid == 0) {
-                double s = 0;
-                for (int c = 0; c < parts; c++) s += part_loss[parity][c];
-                *loss_sum += s * B;
-                for (int k = 0; k < m->n_metrics; k++)
-                    for (int c = 0; c < parts; c++) metric_sums[k] += part_metrics[parity][c][k];
+            }
+            for (ptrdiff_t step = step_begin; step < step_end; step++) {
+                ptrdiff_t r0, r1;
+                int B = FN(step_rows)(ws, n, step, &r0, &r1);
+                if (B <= 0) break;
+                double batch_weight = FN(step_weight)(weights, order, r0, r1);
+                if (takes_no_step(batch_weight)) {
+                    if (tid == 0) *loss_sum += NAN;
+                    continue;
+                }
+                /* a short last batch is cut too: its rows are fewer, but the other threads
+                 * would only wait for them */
+                int parts = B < ws->parts ? B : ws->parts;
+                /* steps taken alternate: a skipped step has no barrier, so its number's
+                 * parity would let a thread reuse buffers another still reads */
+                int parity = (int)((t - start_iterations) & 1);
+                real *step_grads = (real *)ws->part_grads + (ptrdiff_t)parity * ws->parts * apart;
+                for (int c = tid; c < parts; c += T) {
+                    int p0 = (int)((long long)B * c / parts), p1 = (int)((long long)B * (c + 1) / parts);
+                    const real *xp = (const real *)ws->xb + (ptrdiff_t)p0 * in_dim;
+                    const real *yp = (const real *)ws->yb + (ptrdiff_t)p0 * y_width;
+                    const real *wp = weights ? (const real *)ws->wb + p0 : NULL;
+                    FN(gather_rows)(ws, in_dim, x, y, y_width, weights, order, n, r0, p0, p1);
+                    FN(forward)(mt, ws, xp, p0, p1 - p0, 1, dropout_seed, (uint64_t)step, 1, 1);
+                    part_loss[parity][c] =
+                        FN(output_loss)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, 1, 0, 1) +
+                        FN(l2_range)(mt, params, batch_weight, n_params * c / parts,
+                                     n_params * (c + 1) / parts);
+                    for (int k = 0; k < m->n_metrics; k++) part_metrics[parity][c][k] = 0;
+                    FN(add_metrics)(mt, ws, yp, wp, batch_weight, p0, p1 - p0, B, 1,
+                                    part_metrics[parity][c]);
+                    FN(backward)(mt, ws, xp, p0, p1 - p0, batch_weight, step_grads + c * apart,
+                                 model_grads, 0, 1);
+                }
+#ifdef _OPENMP
+                #pragma omp barrier
+#endif
+                t += 1;
+                FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
+                              batch_weight);
+                FN(optimizer_update)(ot, t, 0, n_params, 1);
+                if (tid == 0) {
+                    double s = 0;
+                    for (int c = 0; c < parts; c++) s += part_loss[parity][c];
+                    *loss_sum += s * B;
+                    for (int k = 0; k < m->n_metrics; k++)
+                        for (int c = 0; c < parts; c++) metric_sums[k] += part_metrics[parity][c][k];
+                }
+            }
+            if (plan) {
+                /* every thread has passed the epoch's last step barrier (no thread reads
+                 * the order again before the next epoch's), and thread 0 has its sums */
+                if (tid == 0) stop = FN(end_epoch)(plan, epoch, epoch_loss, epoch_metrics, n);
+#ifdef _OPENMP
+                #pragma omp barrier /* stop */
+#endif
+                if (stop) break;
             }
         }
         taken = t - start_iterations;
@@ -1085,8 +1151,10 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                        double *metric_sums, int nthreads)
 {
     if (ws->parts > 1) {
-        FN(train_in_parts)(m, opt, ws, x, y, y_width, weights, order, n, step_begin,
-                           step_end, dropout_seed, loss_sum, metric_sums, nthreads);
+        /* the parts path reads the order only (it shuffles it under a fit plan) */
+        FN(train_in_parts)(m, opt, ws, x, y, y_width, weights, (int64_t *)order, n,
+                           step_begin, step_end, dropout_seed, loss_sum, metric_sums, NULL,
+                           nthreads);
         return;
     }
     if (ws->split_units && nthreads >= 2) {
@@ -1131,24 +1199,22 @@ int FN(network_fit_epochs)(const nn_model *m, nn_optimizer *opt, nn_workspace *w
                            double tol, int n_iter_no_change, double *best_loss,
                            int *no_improvement, double *losses, int max_epochs, int nthreads)
 {
+    FN(fit_plan) plan = {max_epochs, gen, loss_correction, tol, n_iter_no_change, best_loss,
+                         losses, no_improvement, 0};
+    if (ws->parts > 1) { /* all the epochs in one region */
+        FN(train_in_parts)(m, opt, ws, x, y, y_width, NULL, order, n, 0, 0, 0, NULL, NULL,
+                           &plan, nthreads);
+        return plan.epochs_run;
+    }
     ptrdiff_t steps = (n + ws->batch - 1) / ws->batch;
     for (int epoch = 0; epoch < max_epochs; epoch++) {
         if (gen) network_shuffle_numpy(order, n, gen);
         double loss_sum = 0, metric_sums[NN_MAX_METRICS] = {0};
         FN(network_train)(m, opt, ws, x, y, y_width, NULL, order, n, 0, steps, 0, &loss_sum,
                           metric_sums, nthreads);
-        if (loss_correction != 0) loss_sum -= loss_correction * metric_sums[0];
-        double loss = loss_sum / (double)n;
-        losses[epoch] = loss;
-        /* scikit-learn's _update_no_improvement_count (NaN counts as an improvement there) */
-        if (loss > *best_loss - tol)
-            *no_improvement += 1;
-        else
-            *no_improvement = 0;
-        if (loss < *best_loss) *best_loss = loss;
-        if (*no_improvement > n_iter_no_change) return epoch + 1;
+        if (FN(end_epoch)(&plan, epoch, loss_sum, metric_sums, n)) break;
     }
-    return max_epochs;
+    return plan.epochs_run;
 }
 
 FASTNN_VECTORIZED

@@ -761,15 +761,22 @@ def test_shuffle_numpy_draws_as_randomstate():
             assert ra.randint(2**31, size=4).tolist() == rb.randint(2**31, size=4).tolist()
 
 
+@pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads):
+def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads, parts):
     """Network.fit_epochs (network_fit_epochs) against the same epochs as Network.train
     calls over RandomState.shuffle's orders: the same losses and parameters bit for bit,
     and scikit-learn's count of epochs without improvement, returning where it passes
-    n_iter_no_change."""
-    rng = np.random.default_rng(seed_of("fit_epochs", shuffle, nthreads))
-    layers, x, y = big_problem(rng, n=203)
+    n_iter_no_change; with batches cut into parts (all the epochs in one region:
+    train_in_parts under a fit plan) and without."""
+    rng = np.random.default_rng(seed_of("fit_epochs", shuffle, nthreads, parts))
+    if parts == 1:
+        layers, x, y = big_problem(rng, n=203)
+        batch = 100
+    else:  # digits-shaped: 64 -> 100 -> 10, batches of 200
+        layers, x, y = big_problem(rng, features=64, hidden=100, classes=10, n=450)
+        batch = 200
     nets = []
     for _ in range(2):
         net, params, _ = network_from_layers(layers, l2=0.01)
@@ -777,6 +784,7 @@ def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads):
         net.set_optimizer(1, 0.01, 0.9, 0.999, 1e-8, 0, 0, False, 0, np.zeros_like(params),
                           np.zeros_like(params))
         nets.append((net, params))
+    assert nets[0][0].parts(batch) == parts
     (ours, our_params), (theirs, their_params) = nets
     our_order = np.arange(len(x), dtype=np.int64)
     their_order = our_order.copy()
@@ -786,7 +794,7 @@ def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads):
     for _ in range(40):  # scikit-learn's loop, as fastnn.sklearn runs it epoch by epoch
         if shuffle:
             their_rs.shuffle(their_order)
-        loss_sum, metrics = theirs.train(x, y, their_order, 0, 3, 100, 0, nthreads)
+        loss_sum, metrics = theirs.train(x, y, their_order, 0, 3, batch, 0, nthreads)
         loss = (loss_sum - 0.25 * metrics[0]) / len(x)
         expected.append(loss)
         count = count + 1 if loss > best - tol else 0
@@ -795,18 +803,18 @@ def test_fit_epochs_is_train_over_shuffled_epochs(shuffle, nthreads):
             break
     assert 3 <= len(expected) < 40  # it stopped on the count
     losses, got_count, got_best = ours.fit_epochs(
-        x, y, our_order, 100, our_rs._bit_generator if shuffle else None, 0.25, tol, patience,
-        np.inf, 0, 40, nthreads)
+        x, y, our_order, batch, our_rs._bit_generator if shuffle else None, 0.25, tol,
+        patience, np.inf, 0, 40, nthreads)
     assert losses.tolist() == expected
     assert (got_count, got_best) == (count, best)
     assert np.array_equal(our_order, their_order) and np.array_equal(our_params, their_params)
     assert ours.iterations == theirs.iterations == 3 * len(expected)
     # max_epochs bounds a call; the count and best loss carry over between calls
-    losses, got_count, got_best = ours.fit_epochs(x, y, our_order, 100, None, 0.0, tol, 10**6,
-                                                  got_best, got_count, 2, nthreads)
-    assert len(losses) == 2 and got_count == count + 2
+    losses, got_count, got_best = ours.fit_epochs(x, y, our_order, batch, None, 0.0, 10.0,
+                                                  10**6, got_best, got_count, 2, nthreads)
+    assert len(losses) == 2 and got_count == count + 2  # tol 10: no epoch improves on it
     with pytest.raises(ValueError, match="order"):
-        ours.fit_epochs(x, y, our_order + 1, 100, None, 0.0, tol, 1, np.inf, 0, 1, nthreads)
+        ours.fit_epochs(x, y, our_order + 1, batch, None, 0.0, tol, 1, np.inf, 0, 1, nthreads)
 
 
 # ---- training steps cut into row parts (network.h: network_parts) ----------------------
