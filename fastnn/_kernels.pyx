@@ -59,6 +59,8 @@ cdef extern from "optimizers.h" nogil:
     void sgd_update_f64(double *w, const double *g, double *velocity, ptrdiff_t n, double lr, double momentum, int nesterov, int nthreads)
     void adam_update_f32(float *w, const float *g, float *m, float *v, ptrdiff_t n, float lr_t, float beta1, float beta2, float eps, int nthreads)
     void adam_update_f64(double *w, const double *g, double *m, double *v, ptrdiff_t n, double lr_t, double beta1, double beta2, double eps, int nthreads)
+    void adam_update_sum2_f32(float *w, float *g, const float *g0, const float *g1, int add_l2, float l2, float *m, float *v, ptrdiff_t n, float lr_t, float beta1, float beta2, float eps)
+    void adam_update_sum2_f64(double *w, double *g, const double *g0, const double *g1, int add_l2, double l2, double *m, double *v, ptrdiff_t n, double lr_t, double beta1, double beta2, double eps)
     void rmsprop_update_f32(float *w, const float *g, float *v, float *mom, ptrdiff_t n, float lr, float rho, float momentum, float eps, int nthreads)
     void rmsprop_update_f64(double *w, const double *g, double *v, double *mom, ptrdiff_t n, double lr, double rho, double momentum, double eps, int nthreads)
     double adam_corrected_rate(double lr, double beta1, double beta2, long long t)
@@ -434,6 +436,30 @@ def adam_update(real[::1] w, real[::1] g, real[::1] m, real[::1] v, long long t,
             adam_update_f32(&w[0], &g[0], &m[0], &v[0], n, <float>lr_t, <float>beta1, <float>beta2, <float>eps, nthreads)
         else:
             adam_update_f64(&w[0], &g[0], &m[0], &v[0], n, lr_t, beta1, beta2, eps, nthreads)
+
+
+def adam_update_sum2(real[::1] w, real[::1] g, real[::1] g0, real[::1] g1, l2,
+                     real[::1] m, real[::1] v, long long t, double lr, double beta1,
+                     double beta2, double eps):
+    """adam_update with the gradient g = g0 + g1 (+ l2 w unless l2 is None), written to g,
+    in one pass (src_c/optimizers.h: adam_update_sum2); in place on w, g, m, v."""
+    cdef ptrdiff_t n = w.shape[0]
+    if g.shape[0] != n or g0.shape[0] != n or g1.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
+        raise ValueError("adam_update_sum2: w, g, g0, g1, m and v must have the same length")
+    if n == 0:
+        return
+    arrays = [np.asarray(w), np.asarray(g), np.asarray(g0), np.asarray(g1), np.asarray(m),
+              np.asarray(v)]
+    if any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]):
+        raise ValueError("adam_update_sum2: w, g, g0, g1, m and v must not overlap")
+    cdef double lr_t = adam_corrected_rate(lr, beta1, beta2, t)
+    cdef int add_l2 = l2 is not None
+    cdef double c = l2 if add_l2 else 0.0
+    with nogil:
+        if real is float:
+            adam_update_sum2_f32(&w[0], &g[0], &g0[0], &g1[0], add_l2, <float>c, &m[0], &v[0], n, <float>lr_t, <float>beta1, <float>beta2, <float>eps)
+        else:
+            adam_update_sum2_f64(&w[0], &g[0], &g0[0], &g1[0], add_l2, c, &m[0], &v[0], n, lr_t, beta1, beta2, eps)
 
 
 def rmsprop_update(real[::1] w, real[::1] g, real[::1] v, real[::1] mom, double lr,

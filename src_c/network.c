@@ -774,6 +774,43 @@ static void FN(sum_parts)(const nn_model *m, real *out, const real *grads, ptrdi
     }
 }
 
+/* A step's update of a thread's replica from two parts' gradients (grads + c * apart),
+ * under Adam: their sum, the L2 term's gradient and the update in one pass over each
+ * range of the buffer (a kernel's with its L2 coefficient, the rest's without), where
+ * sum_parts and optimizer_update take three; the same operations, so the same bits.
+ * Returns 0, doing nothing, for other optimizers or part counts, or kernels out of
+ * buffer order. */
+static int FN(sum2_adam)(const nn_model *mt, nn_optimizer *ot, const real *grads,
+                         ptrdiff_t apart, int parts, double batch_weight, long long t)
+{
+    if (ot->kind != OPT_ADAM || parts != 2) return 0;
+    real *params = ot->params, *summed = ot->grads, *s1 = ot->slot1, *s2 = ot->slot2;
+    const real *g0 = grads, *g1 = grads + apart;
+    real lr_t = (real)adam_corrected_rate(ot->learning_rate, ot->beta1, ot->beta2, t);
+    real b1 = (real)ot->beta1, b2 = (real)ot->beta2, eps = (real)ot->epsilon;
+    ptrdiff_t done = 0;
+    for (int pass = 0; pass < 2; pass++) { /* check the order, then update */
+        done = 0;
+        for (int i = 0; i < mt->n_layers; i++) {
+            const nn_layer *L = &mt->layers[i];
+            if (!L->w || L->l2_per_batch <= 0) continue;
+            ptrdiff_t w0 = (const real *)L->w - params, w1 = w0 + FN(kernel_size)(L);
+            if (w0 < done) return 0;
+            if (pass) {
+                real c = (real)(L->l2_per_batch / batch_weight);
+                FN(adam_update_sum2)(params + done, summed + done, g0 + done, g1 + done, 0, 0,
+                                     s1 + done, s2 + done, w0 - done, lr_t, b1, b2, eps);
+                FN(adam_update_sum2)(params + w0, summed + w0, g0 + w0, g1 + w0, 1, c,
+                                     s1 + w0, s2 + w0, w1 - w0, lr_t, b1, b2, eps);
+            }
+            done = w1;
+        }
+    }
+    FN(adam_update_sum2)(params + done, summed + done, g0 + done, g1 + done, 0, 0,
+                         s1 + done, s2 + done, ot->n_params - done, lr_t, b1, b2, eps);
+    return 1;
+}
+
 /* network_fit_epochs' epochs, as train_in_parts runs them in its one OpenMP region: the
  * shuffle before each, and after each its loss and scikit-learn's no-improvement count
  * (see network_fit_epochs). */
@@ -939,9 +976,11 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                 #pragma omp barrier
 #endif
                 t += 1;
-                FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
-                              batch_weight);
-                FN(optimizer_update)(ot, t, 0, n_params, 1);
+                if (!FN(sum2_adam)(mt, ot, step_grads, apart, parts, batch_weight, t)) {
+                    FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
+                                  batch_weight);
+                    FN(optimizer_update)(ot, t, 0, n_params, 1);
+                }
                 if (tid == 0) {
                     double s = 0;
                     for (int c = 0; c < parts; c++) s += part_loss[parity][c];

@@ -22,7 +22,14 @@
     void adam_update_##sfx(real *w, const real *g, real *m, real *v, ptrdiff_t n,         \
                            real lr_t, real beta1, real beta2, real eps, int nthreads);     \
     void rmsprop_update_##sfx(real *w, const real *g, real *v, real *mom, ptrdiff_t n,    \
-                              real lr, real rho, real momentum, real eps, int nthreads);
+                              real lr, real rho, real momentum, real eps, int nthreads);   \
+    /* Adam on one thread with the gradient g = g0 + g1, plus l2 w when add_l2, computed  \
+     * in the same pass and stored into g: the same bits as adding the two gradients,     \
+     * then the L2 term, then adam_update, in three passes. The six buffers must not       \
+     * overlap. */                                                                         \
+    void adam_update_sum2_##sfx(real *w, real *g, const real *g0, const real *g1,          \
+                                int add_l2, real l2, real *m, real *v, ptrdiff_t n,        \
+                                real lr_t, real beta1, real beta2, real eps);
 
 FASTNN_DECLARE_OPTIMIZERS(float, f32)
 FASTNN_DECLARE_OPTIMIZERS(double, f64)

@@ -194,3 +194,30 @@ def test_length_checks_and_empty(dtype):
     K.sgd_update(e, e, e, 0.1, 0.9, True)
     K.adam_update(e, e, e, e, 1, 0.1, 0.9, 0.999, 1e-7)
     K.rmsprop_update(e, e, e, e, 0.1, 0.9, 0.5, 1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("l2", [None, 0.0, 0.37])
+def test_adam_sum2_is_the_sum_then_the_l2_term_then_adam(dtype, l2):
+    """adam_update_sum2 (the parts' update in one pass, network.c: sum2_adam) gives the
+    bits of its three passes: g = g0 + g1, g += l2 w, adam_update; non-finite values
+    included (with l2 None, 0 * inf is never added)."""
+    rng = np.random.default_rng(41)
+    n = 1037
+    w = rng.standard_normal(n).astype(dtype)
+    w[[3, 500]] = [np.inf, np.nan]
+    g0, g1 = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    m = (0.1 * rng.standard_normal(n)).astype(dtype)
+    v = np.abs(0.1 * rng.standard_normal(n)).astype(dtype)
+    a = [w.copy(), np.zeros(n, dtype), m.copy(), v.copy()]
+    K.adam_update_sum2(a[0], a[1], g0, g1, l2, a[2], a[3], 7, 1e-3, 0.9, 0.999, 1e-8)
+    b = [w.copy(), g0 + g1, m.copy(), v.copy()]
+    if l2 is not None:
+        with np.errstate(invalid="ignore"):  # 0 * inf
+            b[1] = b[1] + dtype(l2) * b[0]
+    K.adam_update(b[0], b[1], b[2], b[3], 7, 1e-3, 0.9, 0.999, 1e-8)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert np.isfinite(a[1][3]) == (l2 is None)  # g0 + g1 + l2 * inf: inf, or NaN for 0
+    with pytest.raises(ValueError, match="overlap"):
+        K.adam_update_sum2(a[0], a[1], g0, g0, l2, a[2], a[3], 8, 1e-3, 0.9, 0.999, 1e-8)
