@@ -124,6 +124,7 @@ cdef extern from "network.h" nogil:
         ptrdiff_t n_params
     ctypedef struct nn_workspace:
         int batch
+        double wait_fraction
     nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
     void network_workspace_free(nn_workspace *ws)
     int network_parts(const nn_model *m, int B)

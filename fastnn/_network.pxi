@@ -163,6 +163,13 @@ cdef class Network:
     def iterations(self):
         return self.opt.iterations
 
+    @property
+    def wait_fraction(self):
+        """Of the last train or fit_epochs call, if threads split its steps, the largest
+        share of its time a thread spent waiting for the others at barriers; else 0
+        (src_c/network.h: nn_workspace)."""
+        return self.ws.wait_fraction if self.ws != NULL else 0.0
+
     cdef nn_workspace *_train_workspace(self, int batch, int y_width) except NULL:
         if self.ws == NULL or self.ws.batch != batch or self.ws_y_width != y_width:
             network_workspace_free(self.ws)

@@ -156,28 +156,33 @@ def blas_threads(n):
 
 
 
+
 class ThreadPicker:
     """The thread count for each compiled call of a training loop: the configured count,
-    or one thread where measured calls show that one runs faster. A step cut between
-    threads waits at a barrier for the slowest of them; when another process (or another
-    thread of the caller's) holds one of the cores, fastnn's thread there runs in that
-    core's time slices and every step waits for it (measured: digits trains in 0.06 s on
-    two threads, 0.42 s beside a busy loop on the second core, 0.10 s on one thread; an
-    epoch took 0.4 ms on two threads when quiet, 30-40 ms beside the busy loop). Training
-    gives the same bits on any number of threads: the choice changes the time only.
+    or one thread where that runs faster. A step split between threads waits at a
+    barrier for the slowest of them; when another process (or another thread of the
+    caller's) holds one of the cores, fastnn's thread there runs in that core's time
+    slices and every step waits for it (measured: digits trains in 0.06 s on two
+    threads, 0.42 s beside a busy loop on the second core, 0.10 s on one thread).
+    Training gives the same bits on any number of threads: the choice changes the time
+    only.
 
-    The first call runs one unit of work (an epoch) on one thread, unmeasured (buffers are
-    created, caches are cold). Then the configured count and one thread run one unit each,
-    and the configured count one more (stopping early when it ran over twice as slow);
-    the faster is chosen, the configured count's estimate being its faster probe. A call
-    on the chosen count measures it again (a probe that fell into the other process's
-    pause is optimistic), so a wrong choice lasts one short call: the first call after a
-    choice is sized to first_call_seconds of work, the next ones to call_seconds. Calls
-    shorter than TRUSTED_SECONDS (an epoch of a small model) jitter: their times are
-    averaged; and the other count takes over only when over MARGIN times faster. After
-    reprobe_seconds on the choice the other count runs one unit again; the interval
-    doubles each time that confirms the choice."""
+    Calls run on the configured count while its threads wait for each other less than
+    SUSPECT_WAIT of their time (the compiled loop measures it: Network.wait_fraction,
+    0.04-0.25 on a quiet machine, where the course's network has one thread wait while
+    the other runs the layers after the first; 0.86-0.99 beside a busy loop). When they
+    wait more, the next call runs one unit of work (an epoch) on one thread, and the
+    faster per unit is kept, one thread only when over MARGIN times faster. On one
+    thread, the configured count runs one unit again after reprobe_seconds; each probe
+    that confirms the choice doubles the interval before the next, unless the choice
+    then runs over SLOWER times slower than the other count did when last measured,
+    which is probed at once. Calls are sized to first_call_seconds of work after a
+    change, then
+    to call_seconds; calls shorter than TRUSTED_SECONDS (an epoch of a small model)
+    jitter, so their times are averaged."""
 
+    SUSPECT_WAIT = 0.5
+    SLOWER = 1.5
     MARGIN = 1.1
     TRUSTED_SECONDS = 0.01
 
@@ -188,11 +193,9 @@ class ThreadPicker:
         self.call_seconds, self.first_call_seconds = call_seconds, first_call_seconds
         self.target = first_call_seconds
         self.estimate = {}  # threads -> seconds per unit
-        self.plan = [1, nthreads, 1, nthreads] if nthreads > 1 else []
-        self.warm = False
+        self.plan = []  # probes to run: thread counts, one unit each
         self.reprobe_seconds = reprobe_seconds
-        self.since_probe = 0.0  # seconds of calls on the choice since the last probe
-        self.reprobing = False
+        self.since_probe = reprobe_seconds  # seconds on the choice since the last probe
 
     def next_call(self, remaining):
         """(threads, units) for the next call, at most `remaining` units."""
@@ -202,45 +205,41 @@ class ThreadPicker:
         units = 1 if per_unit is None else int(self.target / max(per_unit, 1e-7))
         return self.choice, max(1, min(remaining, units, 1000))
 
-    def record(self, threads, seconds, units):
-        """What the planned call took: `units` units of work in `seconds`."""
+    def record(self, threads, seconds, units, wait_fraction=0.0):
+        """What the planned call took: `units` units of work in `seconds`, its threads
+        waiting for each other wait_fraction of the time."""
+        if self.many < 2:
+            return
         per_unit = seconds / max(units, 1)
-        if not self.plan:  # a call on the choice
-            # a long call measures it; short ones (one epoch of a small model) jitter, so
-            # their times are averaged
+        probe = bool(self.plan) and threads == self.plan[0]
+        if probe:
+            self.plan.pop(0)
+            self.estimate[threads] = per_unit
+        else:
+            # a long call measures its count; short ones (an epoch of a small model)
+            # jitter, so their times are averaged
             old = self.estimate.get(threads)
             trusted = old is None or seconds >= self.TRUSTED_SECONDS
             self.estimate[threads] = per_unit if trusted else 0.8 * old + 0.2 * per_unit
             self.since_probe += seconds
             self.target = self.call_seconds
-        else:
-            self.plan.pop(0)
-            if self.warm:
-                best = self.estimate.get(threads)
-                first_probe = self.reprobing or best is None or len(self.plan) >= 1
-                self.estimate[threads] = per_unit if first_probe else min(best, per_unit)
-            self.warm = True
-        if self.many < 2 or len(self.estimate) < 2:
-            return
-        many, one = self.estimate[self.many], self.estimate[1]
-        if self.plan and many > 2 * one:
-            self.plan = []  # clearly slower: no need to confirm it
-        if self.plan:
-            return
-        # the other count must be clearly faster to take over
-        choice = self.choice
-        if self.choice == 1 and many * self.MARGIN < one:
-            choice = self.many
-        elif self.choice == self.many and one * self.MARGIN < many:
-            choice = 1
-        if choice != self.choice:
-            self.choice, self.target = choice, self.first_call_seconds
-            self.reprobe_seconds = max(self.reprobe_seconds / 2, 0.25)
+        other = 1 if self.choice == self.many else self.many
+        if probe and other in self.estimate:
+            if self.estimate[other] * self.MARGIN < self.estimate[self.choice]:
+                self.choice, self.target = other, self.first_call_seconds
+                self.reprobe_seconds = max(self.reprobe_seconds / 2, 0.25)
+            else:
+                self.reprobe_seconds *= 2  # the probe confirmed the choice
             self.since_probe = 0.0
-        elif self.reprobing:
-            self.reprobe_seconds *= 2  # the probe confirmed the choice
-        self.reprobing = False
-        if self.since_probe >= self.reprobe_seconds:
-            self.plan = [1 if self.choice == self.many else self.many]
-            self.reprobing = True
-            self.since_probe = 0.0
+            return
+        # probe again once the interval has passed, or at once where the choice now runs
+        # much slower than the other count did when last measured
+        due = self.since_probe >= self.reprobe_seconds or (
+            other in self.estimate and
+            self.estimate[self.choice] > self.SLOWER * self.estimate[other])
+        if not due:
+            return
+        if self.choice == self.many and wait_fraction > self.SUSPECT_WAIT:
+            self.plan = [1]
+        elif self.choice == 1:
+            self.plan = [self.many]

@@ -23,8 +23,6 @@ from .callbacks import Callback, History
 from .layers import Input, Layer
 
 _MASK64 = (1 << 64) - 1
-# Fits of at least this many epochs pick their thread count by probing (Sequential.fit).
-PICK_THREADS_EPOCHS = 20
 # Rows per compiled inference pass when the caller names none: as many as keep the
 # per-call buffers near this many values (larger passes make larger, faster products).
 _PREDICT_VALUES = 1 << 20
@@ -390,12 +388,9 @@ class Sequential:
             getattr(cb, "on_train_begin", lambda logs=None: None)({})
         metric_names = list(self._metric_names)
         chunk = 1  # compiled steps per return to Python with a progress bar (see _run_epoch)
-        # Many short epochs: each on the thread count that runs them fastest (probed on a
-        # few epochs; one thread where another process holds a core: config.ThreadPicker).
-        # Fewer or longer epochs keep the configured count: the probes would cost more of
-        # the fit than they could save.
-        picker = (config.ThreadPicker(nthreads)
-                  if nthreads > 1 and epochs - initial_epoch >= PICK_THREADS_EPOCHS else None)
+        # Each epoch on the thread count that runs it faster: one thread where another
+        # process holds a core and the threads wait for each other (config.ThreadPicker)
+        picker = config.ThreadPicker(nthreads) if nthreads > 1 else None
 
         with config.blas_threads(1):  # fastnn's threads call it on panels (src_c/dense.c)
             for epoch in range(initial_epoch, epochs):
@@ -413,7 +408,8 @@ class Sequential:
                                                         epoch_threads, progress, n,
                                                         metric_names)
                 if picker:
-                    picker.record(epoch_threads, time.perf_counter() - start, 1)
+                    picker.record(epoch_threads, time.perf_counter() - start, 1,
+                                  network.wait_fraction)
                 self.optimizer.iterations = network.iterations
                 logs = {"loss": loss_sum / n}
                 logs.update({name: s / n for name, s in zip(metric_names, metric_sums)})

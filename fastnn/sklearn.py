@@ -494,7 +494,8 @@ class _BaseMLP(BaseEstimator):
                                     loss_correction, self.tol, self.n_iter_no_change,
                                     self.best_loss_, self._no_improvement_count, epochs,
                                     call_threads))
-                        threads.record(call_threads, time.perf_counter() - start, len(losses))
+                        threads.record(call_threads, time.perf_counter() - start, len(losses),
+                                       network.wait_fraction)
                         opt.iterations = network.iterations
                         for loss in losses.tolist():
                             self.n_iter_ += 1

@@ -124,6 +124,29 @@ static int fuses_first_update(const nn_model *m, const nn_optimizer *opt)
            L->l2_per_batch <= 0;
 }
 
+/* A barrier of a training region that adds the seconds the calling thread waited at it
+ * to *waited (for nn_workspace.wait_fraction). */
+static void timed_barrier(double *waited)
+{
+#ifdef _OPENMP
+    double start = omp_get_wtime();
+    #pragma omp barrier
+    *waited += omp_get_wtime() - start;
+#else
+    (void)waited;
+#endif
+}
+
+/* Now, in seconds, for the share of a region's time spent at barriers. */
+static double region_clock(void)
+{
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return 0;
+#endif
+}
+
 /* The buffers of each range of a split first layer's units, in ws->unit_bufs. */
 enum { UNIT_Z, UNIT_A, UNIT_D, UNIT_BUFS };
 
@@ -891,11 +914,13 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
         plan->epochs_run = 0;
     }
     FN(set_layer_buffers)(m, ws, ws->xb, 1);
+    double wait_fraction = 0;
 #ifdef _OPENMP
-    #pragma omp parallel num_threads(nt) reduction(max: taken)
+    #pragma omp parallel num_threads(nt) reduction(max: taken, wait_fraction)
 #endif
     {
         unsigned int csr = fastnn_ftz_enter();
+        double began = region_clock(), waited = 0;
         int tid = 0, T = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -935,9 +960,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                     epoch_loss = 0;
                     for (int k = 0; k < NN_MAX_METRICS; k++) epoch_metrics[k] = 0;
                 }
-#ifdef _OPENMP
-                #pragma omp barrier /* the epoch's order */
-#endif
+                timed_barrier(&waited); /* the epoch's order */
             }
             for (ptrdiff_t step = step_begin; step < step_end; step++) {
                 ptrdiff_t r0, r1;
@@ -972,9 +995,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                     FN(backward)(mt, ws, xp, p0, p1 - p0, batch_weight, step_grads + c * apart,
                                  model_grads, 0, 1);
                 }
-#ifdef _OPENMP
-                #pragma omp barrier
-#endif
+                timed_barrier(&waited);
                 t += 1;
                 if (!FN(sum2_adam)(mt, ot, step_grads, apart, parts, batch_weight, t)) {
                     FN(sum_parts)(mt, summed, step_grads, apart, parts, params, n_params,
@@ -993,16 +1014,17 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
                 /* every thread has passed the epoch's last step barrier (no thread reads
                  * the order again before the next epoch's), and thread 0 has its sums */
                 if (tid == 0) stop = FN(end_epoch)(plan, epoch, epoch_loss, epoch_metrics, n);
-#ifdef _OPENMP
-                #pragma omp barrier /* stop */
-#endif
+                timed_barrier(&waited); /* stop */
                 if (stop) break;
             }
         }
         taken = t - start_iterations;
+        double span = region_clock() - began;
+        if (T > 1 && span > 0) wait_fraction = waited / span;
         fastnn_ftz_leave(csr);
     }
     opt->iterations = start_iterations + taken;
+    ws->wait_fraction = wait_fraction;
 }
 
 /* dst (rows x cols, rows ldd apart) = src (rows lds apart). */
@@ -1100,11 +1122,13 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
     long long start_iterations = opt->iterations, taken = 0;
     FN(set_layer_buffers)(m, ws, ws->xb, 1);
     real *a0 = ws->a[0], *d0 = ws->dbuf[0];
+    double wait_fraction = 0;
 #ifdef _OPENMP
-    #pragma omp parallel num_threads(2) reduction(max: taken)
+    #pragma omp parallel num_threads(2) reduction(max: taken, wait_fraction)
 #endif
     {
         unsigned int csr = fastnn_ftz_enter();
+        double began = region_clock(), waited = 0;
         int tid = 0, T = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -1136,9 +1160,7 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
             for (int u = tid; u < 2; u += T)
                 FN(units_forward)(L0, FN(unit_buf)(ws, u, UNIT_Z), FN(unit_buf)(ws, u, UNIT_A),
                                   xu[u], B, u ? split : 0, u ? OC : split, gemm);
-#ifdef _OPENMP
-            #pragma omp barrier
-#endif
+            timed_barrier(&waited);
             if (tid == 0) {
                 FN(copy_block)(a0, OC, FN(unit_buf)(ws, 0, UNIT_A), split, B, split);
                 FN(copy_block)(a0 + split, OC, FN(unit_buf)(ws, 1, UNIT_A), OC - split, B,
@@ -1152,9 +1174,7 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
                 FN(gather_x_rows)(ws->unit_x[cur ^ 1], x, C, order, r1, next1);
                 gathered = step + 1;
             }
-#ifdef _OPENMP
-            #pragma omp barrier
-#endif
+            timed_barrier(&waited);
             t += 1;
             for (int u = tid; u < 2; u += T) {
                 int u0 = u ? split : 0, u1 = u ? OC : split;
@@ -1178,9 +1198,12 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
             }
         }
         taken = t - start_iterations;
+        double span = region_clock() - began;
+        if (T > 1 && span > 0) wait_fraction = waited / span;
         fastnn_ftz_leave(csr);
     }
     opt->iterations = start_iterations + taken;
+    ws->wait_fraction = wait_fraction;
 }
 
 void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
@@ -1201,6 +1224,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
                               step_end, dropout_seed, loss_sum, metric_sums);
         return;
     }
+    ws->wait_fraction = 0;
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim;
     real *wb = weights ? (real *)ws->wb : NULL;

@@ -105,6 +105,9 @@ typedef struct {
     void *unit_x[2];    /* thread 1's batch rows, this step's and the next's */
     void *unit_bufs[6]; /* z, a, d of each thread's range of units (batch x out_dim of the
                            first layer, of which a range uses batch x its units) */
+    double wait_fraction; /* of the last training call split between threads (parts or
+                             units), the largest share of its time a thread spent waiting
+                             at barriers for the others; 0 for other calls */
 } nn_workspace;
 
 /* NULL when out of memory. y_width: targets per sample (1 for sparse labels); training:

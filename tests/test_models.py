@@ -1211,53 +1211,76 @@ def test_parameter_gradient_and_optimizer_buffers_start_on_cache_lines(tmp_path,
 
 # ---- the thread count per call (config.ThreadPicker) --------------------------------------
 
-def _run_picker(picker, seconds_per_unit, units_total=10**6, calls=200):
-    """Drives a ThreadPicker with times from seconds_per_unit(threads, call_index);
-    returns the (threads, units) of each call."""
+def _run_picker(picker, seconds_per_unit, wait=lambda t, i: 0.04, units_total=10**6,
+                calls=200):
+    """Drives a ThreadPicker with per-unit times seconds_per_unit(threads, call index) and
+    barrier-wait fractions wait(threads, call index); returns the (threads, units) of
+    each call."""
     out, done = [], 0
     for i in range(calls):
         threads, units = picker.next_call(units_total - done)
         out.append((threads, units))
-        picker.record(threads, seconds_per_unit(threads, i) * units, units)
+        picker.record(threads, seconds_per_unit(threads, i) * units, units,
+                      wait(threads, i) if threads > 1 else 0.0)
         done += units
     return out
 
 
-def test_thread_picker_keeps_the_faster_count():
+def test_thread_picker_stays_on_the_configured_count_while_its_threads_do_not_wait():
     from fastnn.config import ThreadPicker
-    # quiet: two threads 0.4 ms an epoch, one thread 0.6 ms
+    # quiet: two threads 0.4 ms an epoch, waiting 4% of the time; never a one-thread call
     calls = _run_picker(ThreadPicker(2), lambda t, i: 4e-4 if t == 2 else 6e-4)
-    assert [t for t, _ in calls[:4]] == [1, 2, 1, 2]  # warm-up, then probes
-    assert all(u == 1 for _, u in calls[:4])
-    assert calls[4] == (2, 50)  # first_call_seconds (0.02 s) of two-thread epochs
-    assert calls[5] == (2, 250)  # then call_seconds (0.1 s)
-    ones = [i for i, (t, _) in enumerate(calls) if t == 1 and i >= 4]
-    # reprobes of one thread: after 0.25 s on the choice, then 0.5 s, 1 s, ...
-    assert 2 <= len(ones) <= 8 and all(calls[i][1] == 1 for i in ones)
-    # beside a busy loop: two threads 30 ms an epoch; probing stops at the first probe
-    calls = _run_picker(ThreadPicker(2), lambda t, i: 3e-2 if t == 2 else 6e-4, calls=6)
-    assert [t for t, _ in calls[:3]] == [1, 2, 1] and calls[3][0] == 1 and calls[3][1] > 1
-    # one thread configured: no probes
+    assert {t for t, _ in calls} == {2}
+    assert calls[0] == (2, 1) and calls[1] == (2, 250)  # then calls of 0.1 s
+    # one thread configured: nothing to pick
     calls = _run_picker(ThreadPicker(1), lambda t, i: 6e-4, calls=5)
     assert {t for t, _ in calls} == {1}
 
 
-def test_thread_picker_recovers_from_an_optimistic_probe_and_ignores_jitter():
+def test_thread_picker_goes_to_one_thread_where_the_threads_wait():
     from fastnn.config import ThreadPicker
-    # the two-thread probes fell into the busy loop's pause; the first long call did not
-    calls = _run_picker(ThreadPicker(2), lambda t, i: (4e-4 if i < 4 else 3e-2) if t == 2
-                        else 6e-4, calls=12)
-    assert calls[4][0] == 2 and calls[5][0] == 1 and calls[6][0] == 1
-    # short calls (one epoch each, as Sequential.fit makes them): one slow epoch in ten
-    # does not hand the fit to one thread
-    picker = ThreadPicker(2)
-    jitter = [(2, 1) for _ in range(100)]
-    for i, _ in enumerate(jitter):
+    # beside a busy loop: two threads 30 ms an epoch, waiting 60% of the time
+    calls = _run_picker(ThreadPicker(2), lambda t, i: 3e-2 if t == 2 else 6e-4,
+                        wait=lambda t, i: 0.6, calls=60)
+    assert calls[:3] == [(2, 1), (1, 1), (1, 33)]  # a probe, then 0.02 s, then 0.1 s
+    assert calls[3] == (1, 166)
+    twos = [i for i, (t, _) in enumerate(calls) if t == 2]
+    # the configured count is probed again, one epoch, after 0.25 s, 0.5 s, 1 s, ... of
+    # one-thread calls
+    assert twos[0] == 0 and [calls[i][1] for i in twos] == [1] * len(twos)
+    gaps = np.diff(twos[1:])
+    assert len(twos) >= 3 and (gaps[1:] >= gaps[:-1]).all()
+    # the busy loop ends: back to two threads at the next probe
+    calls = _run_picker(ThreadPicker(2), lambda t, i: (3e-2 if i < 20 else 4e-4) if t == 2
+                        else 6e-4, wait=lambda t, i: 0.6 if i < 20 else 0.04, calls=60)
+    assert calls[-1][0] == 2
+
+
+def test_thread_picker_keeps_two_threads_that_wait_but_still_win():
+    from fastnn.config import ThreadPicker
+    # noisy: the threads wait 60% of the time, but two are still faster than one; the
+    # probes back off (0.25 s, 0.5 s, 1 s, ... of calls between them)
+    calls = _run_picker(ThreadPicker(2), lambda t, i: 4e-4 if t == 2 else 6e-4,
+                        wait=lambda t, i: 0.6, calls=200)
+    ones = [i for i, (t, _) in enumerate(calls) if t == 1]
+    assert all(calls[i][1] == 1 for i in ones) and 2 <= len(ones) <= 8
+    assert calls[-1][0] == 2
+    # short calls (one epoch each, as Sequential.fit makes them) jitter: one slow epoch
+    # in ten, waiting, does not hand the fit to one thread
+    picker, used = ThreadPicker(2), []
+    for i in range(100):
         threads, units = picker.next_call(1)
         slow = threads == 2 and i % 10 == 9
-        picker.record(threads, (9e-4 if slow else 4e-4) if threads == 2 else 6e-4, units)
-        jitter[i] = threads
-    assert jitter[4:].count(1) <= 2
+        picker.record(threads, (9e-4 if slow else 4e-4) if threads == 2 else 6e-4, units,
+                      0.5 if slow else 0.04)
+        used.append(threads)
+    assert used.count(1) <= 3 and used[-1] == 2
+    # a busy loop starts after a probe confirmed two threads: the next slow call, far
+    # slower than one thread was, is probed at once, not after the doubled interval
+    calls = _run_picker(ThreadPicker(2), lambda t, i: (4e-4 if i < 30 else 3e-2) if t == 2
+                        else 6e-4, wait=lambda t, i: 0.6, calls=40)
+    first_slow = next(i for i, (t, _) in enumerate(calls) if i >= 30 and t == 2)
+    assert calls[first_slow + 1] == (1, 1)
 
 
 @pytest.mark.parametrize("shape", ["split_units", "parts"])
