@@ -171,8 +171,9 @@ class ThreadPicker:
     SUSPECT_WAIT of their time (the compiled loop measures it: Network.wait_fraction,
     0.04-0.25 on a quiet machine, where the course's network has one thread wait while
     the other runs the layers after the first; 0.86-0.99 beside a busy loop). When they
-    wait more, the next call runs one unit of work (an epoch) on one thread, and the
-    faster per unit is kept, one thread only when over MARGIN times faster. On one
+    wait more, the next call runs one unit of work (an epoch) on one thread (after the
+    first call, whose threads also wake up, one unit on each count), and the faster per
+    unit is kept, one thread only when over MARGIN times faster. On one
     thread, the configured count runs one unit again after reprobe_seconds; each probe
     that confirms the choice doubles the interval before the next, unless the choice
     then runs over SLOWER times slower than the other count did when last measured,
@@ -196,6 +197,7 @@ class ThreadPicker:
         self.plan = []  # probes to run: thread counts, one unit each
         self.reprobe_seconds = reprobe_seconds
         self.since_probe = reprobe_seconds  # seconds on the choice since the last probe
+        self.calls = 0  # calls on the choice
 
     def next_call(self, remaining):
         """(threads, units) for the next call, at most `remaining` units."""
@@ -211,27 +213,28 @@ class ThreadPicker:
         if self.many < 2:
             return
         per_unit = seconds / max(units, 1)
-        probe = bool(self.plan) and threads == self.plan[0]
-        if probe:
+        other = 1 if self.choice == self.many else self.many
+        if self.plan:  # a probe
             self.plan.pop(0)
             self.estimate[threads] = per_unit
-        else:
-            # a long call measures its count; short ones (an epoch of a small model)
-            # jitter, so their times are averaged
-            old = self.estimate.get(threads)
-            trusted = old is None or seconds >= self.TRUSTED_SECONDS
-            self.estimate[threads] = per_unit if trusted else 0.8 * old + 0.2 * per_unit
-            self.since_probe += seconds
-            self.target = self.call_seconds
-        other = 1 if self.choice == self.many else self.many
-        if probe and other in self.estimate:
-            if self.estimate[other] * self.MARGIN < self.estimate[self.choice]:
+            if self.plan:
+                return
+            if other in self.estimate and \
+                    self.estimate[other] * self.MARGIN < self.estimate[self.choice]:
                 self.choice, self.target = other, self.first_call_seconds
                 self.reprobe_seconds = max(self.reprobe_seconds / 2, 0.25)
             else:
                 self.reprobe_seconds *= 2  # the probe confirmed the choice
             self.since_probe = 0.0
             return
+        # a call on the choice: a long one measures its count; short ones (an epoch of a
+        # small model) jitter, so their times are averaged
+        old = self.estimate.get(threads)
+        trusted = old is None or seconds >= self.TRUSTED_SECONDS
+        self.estimate[threads] = per_unit if trusted else 0.8 * old + 0.2 * per_unit
+        self.since_probe += seconds
+        self.target = self.call_seconds
+        self.calls += 1
         # probe again once the interval has passed, or at once where the choice now runs
         # much slower than the other count did when last measured
         due = self.since_probe >= self.reprobe_seconds or (
@@ -240,6 +243,8 @@ class ThreadPicker:
         if not due:
             return
         if self.choice == self.many and wait_fraction > self.SUSPECT_WAIT:
-            self.plan = [1]
+            # the first call also wakes the threads (a wake-up measured 16 ms once): the
+            # configured count is measured again before anything is decided
+            self.plan = [1, self.many] if self.calls == 1 else [1]
         elif self.choice == 1:
             self.plan = [self.many]

@@ -1242,8 +1242,9 @@ def test_thread_picker_goes_to_one_thread_where_the_threads_wait():
     # beside a busy loop: two threads 30 ms an epoch, waiting 60% of the time
     calls = _run_picker(ThreadPicker(2), lambda t, i: 3e-2 if t == 2 else 6e-4,
                         wait=lambda t, i: 0.6, calls=60)
-    assert calls[:3] == [(2, 1), (1, 1), (1, 33)]  # a probe, then 0.02 s, then 0.1 s
-    assert calls[3] == (1, 166)
+    # probes of one epoch on each count, then calls of 0.02 s, then 0.1 s
+    assert calls[:4] == [(2, 1), (1, 1), (2, 1), (1, 33)]
+    assert calls[4] == (1, 166)
     twos = [i for i, (t, _) in enumerate(calls) if t == 2]
     # the configured count is probed again, one epoch, after 0.25 s, 0.5 s, 1 s, ... of
     # one-thread calls
@@ -1275,6 +1276,11 @@ def test_thread_picker_keeps_two_threads_that_wait_but_still_win():
                       0.5 if slow else 0.04)
         used.append(threads)
     assert used.count(1) <= 3 and used[-1] == 2
+    # the first call alone was slow (its threads woke up): two threads stay
+    calls = _run_picker(ThreadPicker(2), lambda t, i: (3e-2 if i == 0 else 4e-4) if t == 2
+                        else 6e-4, wait=lambda t, i: 0.99 if i == 0 else 0.2, calls=30)
+    assert calls[:4] == [(2, 1), (1, 1), (2, 1), (2, 250)]
+    assert [t for t, _ in calls[3:]] == [2] * 27
     # a busy loop starts after a probe confirmed two threads: the next slow call, far
     # slower than one thread was, is probed at once, not after the doubled interval
     calls = _run_picker(ThreadPicker(2), lambda t, i: (4e-4 if i < 30 else 3e-2) if t == 2
