@@ -19,6 +19,13 @@ cdef void *_data(arr, dtype, shape, name) except NULL:
     return cnp.PyArray_DATA(a)
 
 
+cdef int _targets_width(y) except -1:
+    """Targets per row of a 2-D y (a 1-D y would be read past its shape)."""
+    if not cnp.PyArray_Check(y) or cnp.PyArray_NDIM(<cnp.ndarray>y) != 2:
+        raise ValueError("y: expected a 2-D array (rows x targets)")
+    return cnp.PyArray_DIM(<cnp.ndarray>y, 1)
+
+
 cdef class Network:
     """A Sequential model's layers, loss and optimizer as C structs, plus the training
     workspace for the last batch size used. Parameter and gradient pointers are views into
@@ -30,6 +37,7 @@ cdef class Network:
     cdef int ws_y_width
     cdef bint training            # a train call is running (without the GIL)
     cdef object params, grads, slots, dtype
+    cdef object fit_result        # fit_epochs' last result, until take_fit_result
     cdef readonly int in_dim, out_dim
 
     def __cinit__(self, specs, params, grads):
@@ -202,7 +210,7 @@ cdef class Network:
         if self.model.loss < 0 or self.opt.kind < 0:
             raise RuntimeError("set_loss and set_optimizer must come before train")
         cdef ptrdiff_t n = x.shape[0]
-        cdef int y_width = y.shape[1]
+        cdef int y_width = _targets_width(y)
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
         cdef int64_t *op = <int64_t *>_data(order, np.int64, (n,), "order")
@@ -239,7 +247,7 @@ cdef class Network:
         if self.model.loss < 0 or self.opt.kind < 0:
             raise RuntimeError("set_loss and set_optimizer must come before fit_epochs")
         cdef ptrdiff_t n = x.shape[0]
-        cdef int y_width = y.shape[1]
+        cdef int y_width = _targets_width(y)
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
         cdef int64_t *op = <int64_t *>_data(order, np.int64, (n,), "order")
@@ -270,7 +278,15 @@ cdef class Network:
                     run = network_fit_epochs_f32(&self.model, &self.opt, ws, <float *>xp, <float *>yp, y_width, op, n, genp, loss_correction, tol, n_iter_no_change, &best_loss, &no_improvement, lp, max_epochs, nthreads)
         finally:
             self.training = False
-        return losses[:run], no_improvement, best_loss
+        # kept here too: a Ctrl-C during the call raises as soon as it returns, before the
+        # caller has taken the result, which the epochs run have already applied
+        self.fit_result = (losses[:run], no_improvement, best_loss)
+        return self.fit_result
+
+    def take_fit_result(self):
+        """fit_epochs' last result, once (None when it was already taken)."""
+        result, self.fit_result = self.fit_result, None
+        return result
 
     def predict(self, x, cnp.ndarray out, int batch, int nthreads, bint check_finite=False):
         """out[:] = the network's output for x (inference mode); with check_finite, returns
@@ -314,7 +330,7 @@ cdef class Network:
         if self.model.loss < 0:
             raise RuntimeError("set_loss must come before evaluate")
         cdef ptrdiff_t n = x.shape[0]
-        cdef int y_width = y.shape[1]
+        cdef int y_width = _targets_width(y)
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
         cdef nn_workspace *ws
@@ -341,7 +357,7 @@ cdef class Network:
         if self.model.loss < 0:
             raise RuntimeError("set_loss must come before loss_grad")
         cdef ptrdiff_t n = x.shape[0]
-        cdef int y_width = y.shape[1]
+        cdef int y_width = _targets_width(y)
         cdef void *xp = _data(x, self.dtype, (n, self.in_dim), "x")
         cdef void *yp = _data(y, self.dtype, (n, y_width), "y")
         cdef void *wp = self._weights(weights, n)

@@ -210,11 +210,9 @@ class ThreadPicker:
     def record(self, threads, seconds, units, wait_fraction=0.0):
         """What the planned call took: `units` units of work in `seconds`, its threads
         waiting for each other wait_fraction of the time."""
-        if self.many < 2:
-            return
         per_unit = seconds / max(units, 1)
         other = 1 if self.choice == self.many else self.many
-        if self.plan:  # a probe
+        if self.plan and self.many > 1:  # a probe
             self.plan.pop(0)
             self.estimate[threads] = per_unit
             if self.plan:
@@ -235,6 +233,8 @@ class ThreadPicker:
         self.since_probe += seconds
         self.target = self.call_seconds
         self.calls += 1
+        if self.many < 2:
+            return
         # probe again once the interval has passed, or at once where the choice now runs
         # much slower than the other count did when last measured
         due = self.since_probe >= self.reprobe_seconds or (

@@ -31,17 +31,14 @@ class Optimizer:
         self.learning_rate = _number(learning_rate, "learning_rate", 0.0)
         self.iterations = 0
         self.slots = None  # two state arrays, as long as the parameter buffer
-        self._checked_slots = None  # the slots last found aligned (_state_for)
 
     def _state_for(self, n, dtype):
         """The state arrays for a buffer of n parameters, created zeroed on first use."""
         if self.slots is None or self.slots[0].shape != (n,) or self.slots[0].dtype != dtype:
             self.slots = (aligned_zeros(n, dtype), aligned_zeros(n, dtype))
             self.iterations = 0
-        elif self.slots is not self._checked_slots:  # set from outside, e.g. loaded
-            if not all(is_aligned(s) and s.flags.c_contiguous for s in self.slots):
-                self.slots = tuple(aligned_copy(s) for s in self.slots)
-        self._checked_slots = self.slots
+        elif not all(is_aligned(s) and s.flags.c_contiguous for s in self.slots):
+            self.slots = tuple(aligned_copy(s) for s in self.slots)  # e.g. loaded
         return self.slots
 
     def configure(self, network, n, dtype):
@@ -53,8 +50,7 @@ class Optimizer:
                               getattr(self, "nesterov", False), self.iterations, s1, s2)
 
     def get_config(self):
-        return {k: v for k, v in vars(self).items()
-                if k not in ("slots", "iterations", "_checked_slots")}
+        return {k: v for k, v in vars(self).items() if k not in ("slots", "iterations")}
 
     @classmethod
     def from_config(cls, config):

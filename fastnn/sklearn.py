@@ -475,6 +475,8 @@ class _BaseMLP(BaseEstimator):
                                             self.learning_rate == "invscaling"))
         bit_generator = rs._bit_generator if self.shuffle and whole_epochs else None
         loss_correction = 0.5 * (n_out - 1) if correct_mse else 0.0
+        # n_iter_no_change may be np.inf; the count never reaches a C int's largest
+        patience = int(min(self.n_iter_no_change, 2**31 - 1))
         threads = config.ThreadPicker(nthreads)
         try:
             self.n_iter_ = 0
@@ -488,20 +490,13 @@ class _BaseMLP(BaseEstimator):
                         call_threads, epochs = threads.next_call(self.max_iter - self.n_iter_)
                         start = time.perf_counter()
                         with bit_generator.lock if bit_generator else contextlib.nullcontext():
-                            losses, self._no_improvement_count, self.best_loss_ = (
-                                network.fit_epochs(
-                                    X_train, targets, sample_idx, batch_size, bit_generator,
-                                    loss_correction, self.tol, self.n_iter_no_change,
-                                    self.best_loss_, self._no_improvement_count, epochs,
-                                    call_threads))
-                        threads.record(call_threads, time.perf_counter() - start, len(losses),
+                            network.fit_epochs(
+                                X_train, targets, sample_idx, batch_size, bit_generator,
+                                loss_correction, self.tol, patience, self.best_loss_,
+                                self._no_improvement_count, epochs, call_threads)
+                        run = self._take_epochs(network, opt, n_samples)
+                        threads.record(call_threads, time.perf_counter() - start, run,
                                        network.wait_fraction)
-                        opt.iterations = network.iterations
-                        for loss in losses.tolist():
-                            self.n_iter_ += 1
-                            self.loss_ = loss
-                            self.t_ += n_samples
-                            self.loss_curve_.append(loss)
                     else:
                         if self.shuffle:
                             # sklearn.utils.shuffle(sample_idx, random_state=rs), without
@@ -547,10 +542,28 @@ class _BaseMLP(BaseEstimator):
                                       "and the optimization hasn't converged yet."
                                       % self.max_iter, ConvergenceWarning)
         except KeyboardInterrupt:
+            if whole_epochs:  # the epochs of the call it cut short of their bookkeeping
+                self._take_epochs(network, opt, n_samples)
             warnings.warn("Training interrupted by user.")
 
         if early_stopping:  # restore the best weights
             self._write_weights(model, self._best_coefs, self._best_intercepts)
+
+    def _take_epochs(self, network, opt, n_samples):
+        """The bookkeeping of the epochs network.fit_epochs last ran (none if it was
+        already taken): the step count, loss curve and scikit-learn's no-improvement
+        count and best loss. Returns how many epochs that was."""
+        result = network.take_fit_result()
+        if result is None:
+            return 0
+        losses, self._no_improvement_count, self.best_loss_ = result
+        opt.iterations = network.iterations
+        for loss in losses.tolist():
+            self.n_iter_ += 1
+            self.loss_ = loss
+            self.t_ += n_samples
+            self.loss_curve_.append(loss)
+        return len(losses)
 
     @staticmethod
     def _check_batch_weights(sw_train, sample_idx, batch_starts):

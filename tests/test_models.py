@@ -1232,9 +1232,9 @@ def test_thread_picker_stays_on_the_configured_count_while_its_threads_do_not_wa
     calls = _run_picker(ThreadPicker(2), lambda t, i: 4e-4 if t == 2 else 6e-4)
     assert {t for t, _ in calls} == {2}
     assert calls[0] == (2, 1) and calls[1] == (2, 250)  # then calls of 0.1 s
-    # one thread configured: nothing to pick
+    # one thread configured: nothing to pick, calls still sized to 0.1 s
     calls = _run_picker(ThreadPicker(1), lambda t, i: 6e-4, calls=5)
-    assert {t for t, _ in calls} == {1}
+    assert calls == [(1, 1)] + [(1, 166)] * 4
 
 
 def test_thread_picker_goes_to_one_thread_where_the_threads_wait():

@@ -313,6 +313,64 @@ def test_thread_counts_per_call_change_no_bits(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("patience", [np.inf, 2**31, 3])
+def test_n_iter_no_change_inf_or_huge(patience):
+    """n_iter_no_change may be np.inf (scikit-learn's constraint allows it) or beyond a C
+    int: training then runs to max_iter, as scikit-learn's."""
+    X, y = _scaled(load_breast_cancer)
+    kw = dict(max_iter=12, random_state=0, n_iter_no_change=patience, tol=0.5)
+    ours, theirs = MLPClassifier(**kw).fit(X, y), skl.MLPClassifier(**kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert (ours.n_iter_ == 12) == (patience != 3)
+
+
+def test_ctrl_c_keeps_the_bookkeeping_of_the_epochs_run(monkeypatch):
+    """A Ctrl-C during a compiled call of many epochs raises as soon as the call returns:
+    the epochs it ran are still counted (n_iter_, loss_curve_, t_), as the weights and
+    the shuffles already took them."""
+    import fastnn.sklearn as fs
+    X, y = _scaled(load_digits)
+
+    class Interrupted:
+        """The network, raising KeyboardInterrupt on return from its second call."""
+        def __init__(self, network):
+            object.__setattr__(self, "network", network)
+            object.__setattr__(self, "calls", 0)
+
+        def __getattr__(self, name):
+            return getattr(self.network, name)
+
+        def fit_epochs(self, *args):
+            result = self.network.fit_epochs(*args)
+            object.__setattr__(self, "calls", self.calls + 1)
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return result
+
+    prepare = fs._BaseMLP._prepare_training
+
+    def interrupting(self, model, l2):
+        prepare(self, model, l2)
+        model._network = Interrupted(model._network)
+
+    monkeypatch.setattr(fs._BaseMLP, "_prepare_training", interrupting)
+    with pytest.warns(UserWarning, match="interrupted"):
+        clf = MLPClassifier(random_state=0, max_iter=200).fit(X, y)
+    steps = -(-len(X) // 200)
+    assert clf.n_iter_ > 1 and clf.n_iter_ == len(clf.loss_curve_)
+    assert clf._optimizer.iterations == clf.n_iter_ * steps and clf.t_ == clf.n_iter_ * len(X)
+
+
+def test_pickled_estimator_holds_its_optimizer_state_once():
+    X, y = _scaled(load_digits)
+    clf = MLPClassifier(hidden_layer_sizes=(256,), random_state=0, max_iter=2).fit(X, y)
+    one_copy = sum(a.nbytes for a in clf.coefs_ + clf.intercepts_)
+    # the weights, scikit-learn's _best_coefs (its initial weights, as scikit-learn keeps
+    # them) and Adam's two moments: four copies of the parameters (a stale reference to
+    # the moments once made it six)
+    assert len(pickle.dumps(clf)) < 4.3 * one_copy
+
+
 def test_tol_stops_training():
     X, y = _scaled(load_breast_cancer)
     kw = dict(tol=0.5, n_iter_no_change=2, random_state=0, max_iter=200)
