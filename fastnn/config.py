@@ -173,14 +173,13 @@ class ThreadPicker:
     the other runs the layers after the first; 0.86-0.99 beside a busy loop). When they
     wait more, the next call runs one unit of work (an epoch) on one thread (after the
     first call, whose threads also wake up, one unit on each count), and the faster per
-    unit is kept, one thread only when over MARGIN times faster. On one
-    thread, the configured count runs one unit again after reprobe_seconds; each probe
-    that confirms the choice doubles the interval before the next, unless the choice
-    then runs over SLOWER times slower than the other count did when last measured,
-    which is probed at once. Calls are sized to first_call_seconds of work after a
-    change, then
-    to call_seconds; calls shorter than TRUSTED_SECONDS (an epoch of a small model)
-    jitter, so their times are averaged."""
+    unit is kept, one thread only when over MARGIN times faster. On one thread, the
+    configured count runs one unit again after reprobe_seconds; each probe that confirms
+    the choice doubles the interval before the next, unless the choice then runs over
+    SLOWER times slower than the other count did when last measured, which is probed at
+    once. Calls are sized to first_call_seconds of work after a change, then to
+    call_seconds; calls shorter than TRUSTED_SECONDS (an epoch of a small model) jitter,
+    so their times are averaged."""
 
     SUSPECT_WAIT = 0.5
     SLOWER = 1.5

@@ -196,7 +196,8 @@ void network_shuffle_numpy(int64_t *order, ptrdiff_t n, const nn_bitgen *gen);
      * without improvement: *no_improvement + 1 when the loss exceeds *best_loss - tol,    \
      * else 0, and *best_loss becomes the lower of the two. Returns the epochs run: fewer  \
      * than max_epochs when the count passes n_iter_no_change, where scikit-learn decides  \
-     * whether to stop (its learning-rate schedule may go on instead). */                  \
+     * whether to stop (its learning-rate schedule may go on instead). Batches cut into    \
+     * parts run all the epochs in one OpenMP region (network.c: train_in_parts). */       \
     int network_fit_epochs_##sfx(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,   \
                                  const real *x, const real *y, int y_width, int64_t *order,\
                                  ptrdiff_t n, const nn_bitgen *gen, double loss_correction,\
