@@ -147,6 +147,14 @@ static double region_clock(void)
 #endif
 }
 
+/* The share of a region's time since `began` that a thread spent at barriers (0 on one
+ * thread, which never waits). */
+static double waited_share(double began, double waited, int threads)
+{
+    double span = region_clock() - began;
+    return threads > 1 && span > 0 ? waited / span : 0;
+}
+
 /* The buffers of each range of a split first layer's units, in ws->unit_bufs. */
 enum { UNIT_Z, UNIT_A, UNIT_D, UNIT_BUFS };
 
@@ -1019,8 +1027,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
             }
         }
         taken = t - start_iterations;
-        double span = region_clock() - began;
-        if (T > 1 && span > 0) wait_fraction = waited / span;
+        wait_fraction = waited_share(began, waited, T);
         fastnn_ftz_leave(csr);
     }
     opt->iterations = start_iterations + taken;
@@ -1198,8 +1205,7 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
             }
         }
         taken = t - start_iterations;
-        double span = region_clock() - began;
-        if (T > 1 && span > 0) wait_fraction = waited / span;
+        wait_fraction = waited_share(began, waited, T);
         fastnn_ftz_leave(csr);
     }
     opt->iterations = start_iterations + taken;
