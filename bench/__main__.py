@@ -277,7 +277,9 @@ def targets(rows, heap):
                 f"{r.get('dtype', 'float32')}", r["ratio"], 10,
                 ">=", note=f"accuracy fastnn {r['fastnn_accuracy']:.4f}, scikit-learn "
                            f"{r['sklearn_accuracy']:.4f}; fastnn "
-                           f"{_f(r.get('fastnn_gflops'), '.0f', 1)} GFLOP/s")
+                           f"{_f(r.get('fastnn_gflops'), '.0f', 1)} GFLOP/s; ceiling "
+                           f"{_f(r.get('ceiling_ratio'), '.1f', 1)}x (the same products at "
+                           f"{_f(r.get('peak_gflops'), '.0f', 1)} GFLOP/s)")
     subn = [r for r in rows if r["section"] == "subnormal" and r["peer"] == "fastnn"]
     if subn:
         others = ", ".join(f"{r['peer']} {r['subnormal_over_normal']:.2f}x" for r in rows
@@ -400,7 +402,10 @@ def print_report(report):
                           f"{max(times[k]):.4f}), test accuracy "
                           f"{_f(r.get(f'{k}_accuracy'), '.4f', 6)}, train loss "
                           f"{_f(r.get(f'{k}_train_loss'), '.4f', 6)}, {r.get(f'{k}_n_iter', '?')} iterations")
-                print(f"  sklearn / fastnn: {r['ratio']:.2f}x")
+                print(f"  sklearn / fastnn: {r['ratio']:.2f}x; ceiling "
+                      f"{_f(r.get('ceiling_ratio'), '.2f', 1)}x: scikit-learn's median over the "
+                      f"fit's matrix products at {_f(r.get('peak_gflops'), '.0f', 1)} GFLOP/s "
+                      f"(numpy matmul, 2048 x 2048), the most any implementation could reach")
             else:
                 print("  " + ", ".join(f"{k}={_short(v)}" for k, v in r.items() if k != "section"))
         print()

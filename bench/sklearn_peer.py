@@ -17,8 +17,11 @@ goal:
   are close to the matrix-product bound and no implementation can be many times faster.
 - breast_cancer and digits again with float64 data, as StandardScaler returns it: both
   estimators then compute in float64 (scikit-learn keeps the dtype of X), whose matrix
-  products take twice float32's time on these cores. Each row reports fastnn's GFLOP/s
-  over the fit's matrix products, to show how near the cores' peak its time is.
+  products take twice float32's time on these cores.
+Each row reports fastnn's GFLOP/s over the fit's matrix products, and a ceiling: the ratio
+an implementation would reach if it did those products at the rate numpy's matmul gets on
+large matrices and nothing else. Where the ceiling is under 10, no implementation doing
+scikit-learn's arithmetic can train 10x faster on this machine.
 """
 import statistics
 import time
@@ -59,13 +62,33 @@ def load(dataset, n_samples, seed, dtype):
     return make_data(n_samples, seed=seed, dtype=dtype)
 
 
+def matmul_peak_gflops(dtype, n=2048):
+    """GFLOP/s of numpy's matmul of two n x n matrices of dtype on fastnn's thread count,
+    best of 5: the rate of the cores near their peak."""
+    from threadpoolctl import threadpool_limits
+
+    import fastnn
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    with threadpool_limits(fastnn.get_num_threads(), user_api="blas"):
+        a @ b
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
 def compare(n_samples=10000, seed=0, dataset="synthetic", dtype="float32", runs=5,
             test_fraction=0.2, **params):
     """Fits fastnn.sklearn.MLPClassifier and sklearn.neural_network.MLPClassifier with
     identical settings (scikit-learn's defaults, random_state=seed, max_iter=20, plus
     **params) on the same data; returns a dict with the median fit seconds of each, their
     ratio (sklearn / fastnn), the spread, each side's test accuracy, final training loss
-    and iterations."""
+    and iterations, fastnn's rate over the fit's matrix products, and the ceiling:
+    scikit-learn's time over those products' time at the cores' peak matmul rate."""
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier as SklearnMLP
 
@@ -117,6 +140,12 @@ def compare(n_samples=10000, seed=0, dataset="synthetic", dtype="float32", runs=
     per_row = sum((4 if i == 0 else 6) * a * b for i, (a, b) in enumerate(zip(units, units[1:])))
     out["fastnn_gflops"] = (per_row * x_train.shape[0] * out["fastnn_n_iter"] /
                             out["fastnn_s"] / 1e9)
+    # The ceiling: scikit-learn's time over the time those same products would take at the
+    # cores' peak (a large square matmul's rate): no implementation doing this fit's
+    # arithmetic can be more than this many times faster than scikit-learn here.
+    out["peak_gflops"] = matmul_peak_gflops(dtype)
+    out["ceiling_ratio"] = (out["sklearn_s"] * out["peak_gflops"] * 1e9 /
+                            (per_row * x_train.shape[0] * out["fastnn_n_iter"]))
     out["ratio"] = out["sklearn_s"] / out["fastnn_s"]
     out["accuracy_diff"] = out["fastnn_accuracy"] - out["sklearn_accuracy"]
     return out
