@@ -17,7 +17,8 @@
  * with K values per row, a block is a row (up to 64 blocks), which keeps a row's values
  * summed on their own (what weighted rows need: unit weights give the unweighted sum bit
  * for bit). A categorical loss takes its rows one at a time anyway: blocks of 16 rows,
- * which the 16-row softmax (sparse_ce_logits_rows16_f32) takes at once. */
+ * which the 16-row softmax (sparse_ce_logits_rows16_f32) takes at once (and its float64
+ * form in two groups of 8). */
 #define LOSS_BLOCKS 64
 static int loss_block_count(int B, int K, int elementwise)
 {
@@ -115,6 +116,55 @@ sparse_ce_logits_rows16_f32(float *g, const float *z, const float *labels, int K
         _mm512_mask_storeu_ps(g + (ptrdiff_t)r * K, lanes, v[r]);
     }
 }
+
+/* sparse_ce_logits_rows16_f32 for doubles, 8 rows at a time (rows <= 8, K <= 16): vector
+ * j holds class j of the 8 rows, each term e^(z_j - max) is exp_nonpositive_f64's (the
+ * row path's) and each row's terms are added in class order, so every row's loss and
+ * gradient have the row path's bits. */
+__attribute__((target("avx512f"))) static void
+sparse_ce_logits_rows8_f64(double *g, const double *z, const double *labels, int K, int rows,
+                           const double *gscale, double *loss)
+{
+    __m512d v[16];
+    double column[8];
+    for (int j = 0; j < K; j++) {
+        for (int r = 0; r < 8; r++) column[r] = r < rows ? z[(ptrdiff_t)r * K + j] : 0.0;
+        v[j] = _mm512_loadu_pd(column);
+    }
+    /* each row's largest logit (a NaN logit makes its row's sum NaN either way) */
+    __m512d zmax = _mm512_set1_pd(-INFINITY), sum = _mm512_setzero_pd();
+    for (int j = 0; j < K; j++) zmax = _mm512_max_pd(zmax, v[j]);
+    for (int j = 0; j < K; j++) {
+        v[j] = exp_nonpositive_x8(_mm512_sub_pd(v[j], zmax));
+        sum = _mm512_add_pd(sum, v[j]);
+    }
+    double maxes[8], sums[8];
+    int64_t label[8];
+    _mm512_storeu_pd(maxes, zmax);
+    _mm512_storeu_pd(sums, sum);
+    for (int r = 0; r < 8; r++) {
+        double c = r < rows ? labels[r] : -1.0;
+        label[r] = (c >= 0 && c < (double)K && (double)(int64_t)c == c) ? (int64_t)c : -1;
+        if (r >= rows) continue;
+        if (label[r] < 0) {
+            loss[r] = NAN;
+            continue;
+        }
+        double lse = maxes[r] + log(sums[r]);
+        loss[r] = lse - z[(ptrdiff_t)r * K + label[r]];
+    }
+    if (!g) return;
+    __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), sum);
+    __m512d scale = _mm512_maskz_loadu_pd((__mmask8)((1u << rows) - 1u), gscale);
+    __m512i labels_v = _mm512_loadu_si512(label);
+    for (int j = 0; j < K; j++) {
+        __m512d gj = _mm512_mul_pd(_mm512_mul_pd(v[j], inv), scale);
+        __mmask8 own = _mm512_cmpeq_epi64_mask(labels_v, _mm512_set1_epi64(j));
+        _mm512_storeu_pd(column, _mm512_mask_sub_pd(gj, own, gj, scale));
+        for (int r = 0; r < rows; r++)
+            g[(ptrdiff_t)r * K + j] = label[r] < 0 ? 0.0 : column[r];
+    }
+}
 #endif
 
 #define FASTNN_DOUBLE 0
@@ -172,6 +222,24 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *gra
                     scales[i] = weights ? (real)((double)weights[q + i] * gscale) : row_gscale;
                 sparse_ce_logits_rows16_f32(grad ? grad + q * K : NULL, pred + q * K, y + q,
                                             K, rows, scales, losses);
+                for (int i = 0; i < rows; i++)
+                    s += weights ? (double)weights[q + i] * losses[i] : losses[i];
+            }
+            block_sum[blk] = s;
+            continue;
+        }
+#endif
+#if FASTNN_SIMD16 && FASTNN_DOUBLE
+        if (row_loss == FN(sparse_ce_row) && from_logits && K <= 16 &&
+            softmax_row16_available()) {
+            /* the same rows, 8 at a time (sparse_ce_logits_rows8_f64) */
+            for (ptrdiff_t q = r0; q < r1; q += 8) {
+                int rows = (int)(r1 - q < 8 ? r1 - q : 8);
+                double scales[8], losses[8];
+                for (int i = 0; i < rows; i++)
+                    scales[i] = weights ? (double)weights[q + i] * gscale : row_gscale;
+                sparse_ce_logits_rows8_f64(grad ? grad + q * K : NULL, pred + q * K, y + q, K,
+                                           rows, scales, losses);
                 for (int i = 0; i < rows; i++)
                     s += weights ? (double)weights[q + i] * losses[i] : losses[i];
             }
@@ -251,10 +319,10 @@ static double FN(mean_loss)(FN(row_loss_fn) row_loss, int elementwise, real *gra
                           from_logits, 1.0 / norm, nthreads) / norm;
 }
 
-/* e^x for x <= 0: the polynomial of activations.h in float (no library call, about
- * 1e-7 relative), the library's exp in double. */
+/* e^x for x <= 0: the polynomials of activations.h (no library call; about 1e-7 relative
+ * in float, 1 ulp in double). */
 #if FASTNN_DOUBLE
-#define EXP_NONPOSITIVE exp
+#define EXP_NONPOSITIVE exp_nonpositive_f64
 #else
 #define EXP_NONPOSITIVE exp_nonpositive_f32
 #endif

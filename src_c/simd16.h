@@ -36,6 +36,35 @@ SIMD16_INLINE __m512 exp_nonpositive_x16(__m512 x)
     return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, lowest, _CMP_LT_OQ), value);
 }
 
+/* exp_nonpositive_f64 (activations.h) on 8 doubles: the same operations in the same order
+ * (no fused multiply-adds), so each lane has the scalar function's bits. */
+SIMD16_INLINE __m512d exp_nonpositive_x8(__m512d x)
+{
+    const __m512d shift = _mm512_set1_pd(6755399441055744.0), lowest = _mm512_set1_pd(-708.39);
+    static const double coef[11] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                    1.0 / 362880.0,    1.0 / 40320.0,    1.0 / 5040.0,
+                                    1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,
+                                    1.0 / 6.0,         0.5};
+    __m512d xc = _mm512_max_pd(lowest, x); /* NaN stays NaN: max returns its second operand */
+    __m512d t = _mm512_add_pd(_mm512_mul_pd(xc, _mm512_set1_pd(1.4426950408889634)), shift);
+    __m512d n = _mm512_sub_pd(t, shift);
+    __m512d r = _mm512_sub_pd(xc, _mm512_mul_pd(n, _mm512_set1_pd(6.93147180369123816490e-01)));
+    r = _mm512_sub_pd(r, _mm512_mul_pd(n, _mm512_set1_pd(1.90821492927058770002e-10)));
+    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);
+    for (int i = 0; i < 11; i++)
+        p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(coef[i]));
+    __m512d e = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(p, r), r), r),
+                              _mm512_set1_pd(1.0));
+    /* t = 1.5 * 2^52 + n exactly, so its bits are shift's plus n: 2^n's exponent bits from
+     * integer arithmetic (a conversion to int64 would need AVX-512DQ); a NaN lane's e is
+     * NaN whatever they hold */
+    __m512i bits = _mm512_slli_epi64(
+        _mm512_add_epi64(_mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(shift)),
+                         _mm512_set1_epi64(1023)), 52);
+    __m512d value = _mm512_mul_pd(e, _mm512_castsi512_pd(bits));
+    return _mm512_maskz_mov_pd(~_mm512_cmp_pd_mask(x, lowest, _CMP_LT_OQ), value);
+}
+
 /* Transposes 16 x 16 floats in registers: r[i] holds row i before, column i after.
  * Unpacks interleave rows in pairs (32-bit) and quads (64-bit) within each 128-bit lane,
  * leaving r[4q + c] with quad q's values of columns c, c + 4, c + 8, c + 12 in lanes

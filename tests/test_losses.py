@@ -416,22 +416,24 @@ def test_weight_shape_and_dtype_checks(dtype):
         K.metric_sum(K.METRICS["mean_squared_error"], pred, y, weights=np.ones(5, dtype))
 
 
-@pytest.mark.parametrize("rows", [1, 15, 16, 17, 37, 200])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 15, 16, 17, 37, 200])
 @pytest.mark.parametrize("k", [1, 2, 10, 16])
-def test_sparse_logits_sixteen_rows_at_once(rows, k):
-    """float32 sparse cross-entropy from logits with K <= 16 runs 16 rows at a time in
-    class-major vectors (src_c/losses.c): the reference's loss and gradient, weighted and
-    not, unit weights giving the unweighted bits, and a bad class id or a NaN logit
-    spoiling only its own row's gradient, wherever the row sits in its group of 16."""
+def test_sparse_logits_rows_at_once(rows, k, dtype):
+    """Sparse cross-entropy from logits with K <= 16 runs 16 float32 rows (8 float64 rows)
+    at a time in class-major vectors (src_c/losses.c): the reference's loss and gradient,
+    weighted and not, unit weights giving the unweighted bits, and a bad class id or a NaN
+    logit spoiling only its own row's gradient, wherever the row sits in its group."""
     rng = np.random.default_rng(seed_of("rows16", rows, k))
-    pred, y = make_data(SPARSE, True, (rows, k), np.float32, rng)
+    pred, y = make_data(SPARSE, True, (rows, k), dtype, rng)
     check_loss(SPARSE, pred, y, True)
-    w = rng.uniform(0.1, 2.0, size=rows).astype(np.float32)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    w = rng.uniform(0.1, 2.0, size=rows).astype(dtype)
     value, grad = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True, weights=w)
     value_ref, grad_ref = ref.weighted_loss(SPARSE, pred, y, w, from_logits=True)
-    assert value == pytest.approx(value_ref, rel=1e-5)
-    np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6 * np.abs(grad_ref).max())
-    ones = np.ones(rows, dtype=np.float32)
+    assert value == pytest.approx(value_ref, rel=tol)
+    np.testing.assert_allclose(grad, grad_ref, rtol=tol, atol=tol / 10 * np.abs(grad_ref).max())
+    ones = np.ones(rows, dtype=dtype)
     v1, g1 = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True, weights=ones)
     v0, g0 = K.loss(K.LOSSES[SPARSE], pred, y, from_logits=True)
     assert v1 == v0 and np.array_equal(g1, g0)
@@ -445,4 +447,31 @@ def test_sparse_logits_sixteen_rows_at_once(rows, k):
         assert np.isnan(grad[nan_row]).all()
         keep = [r for r in range(rows) if r not in (bad_row, nan_row)]
         _, grad_ref = reference_loss(SPARSE, pred[keep], y[keep], True)
-        np.testing.assert_allclose(grad[keep] * rows / len(keep), grad_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad[keep] * rows / len(keep), grad_ref, rtol=tol,
+                                   atol=tol / 10)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 64])
+@pytest.mark.parametrize("k", [2, 10, 16, 17])
+def test_float64_sparse_rows_match_the_row_path(rows, k):
+    """float64: the 8-row sparse path's loss has the one-hot loss's bits (whose rows go
+    one at a time through the scalar exp_nonpositive_f64), and so has its gradient where
+    the batch's scale 1/B is a power of two (the two losses scale in another order); K =
+    17 is the row path on both sides. Also e^x itself: within 3 ulp of NumPy's exp."""
+    rng = np.random.default_rng(seed_of("rows8", rows, k))
+    pred = rng.standard_normal((rows, k)) * 4
+    labels = rng.integers(0, k, size=rows)
+    sparse = K.loss(K.LOSSES[SPARSE], pred, labels.reshape(-1, 1).astype(np.float64),
+                    from_logits=True)
+    onehot = K.loss(K.LOSSES["categorical_crossentropy"], pred, np.eye(k)[labels],
+                    from_logits=True)
+    assert sparse[0] == onehot[0]
+    assert np.array_equal(sparse[1], onehot[1])
+    # rows of two logits [0, x], class 0: the gradient's second term is e^x / (1 + e^x) / B,
+    # here against the same arithmetic on NumPy's exp (x above -650: below, it is subnormal)
+    x = np.concatenate([-np.geomspace(1e-12, 650, 20000), [0.0]])
+    z = np.stack([np.zeros_like(x), x], axis=1)
+    _, grad = K.loss(K.LOSSES[SPARSE], z, np.zeros((len(x), 1)), from_logits=True)
+    e = np.exp(x)
+    np.testing.assert_allclose(grad[:, 1], e * (1.0 / (1.0 + e)) * (1.0 / len(x)), rtol=6.7e-16,
+                               atol=0)
