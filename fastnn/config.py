@@ -76,19 +76,58 @@ def _affinity():
         return os.cpu_count() or 1
 
 
+# GCC's OpenMP runtime cannot start threads in a child process forked after the parent
+# ran a team of them: the child's first parallel region waits forever for threads fork
+# did not copy (a fit in a multiprocessing.Pool worker, joblib's "multiprocessing"
+# backend, a pre-fork server). So a process forked after fastnn may have started threads
+# runs fastnn on one thread. Spawned processes (joblib's default loky backend,
+# multiprocessing's "spawn" and "forkserver") start fresh and are not limited.
+_threads_may_have_started = False
+_forked_after_threads = False
+
+
+def _after_fork_in_child():
+    global _forked_after_threads
+    if _threads_may_have_started:
+        _forked_after_threads = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_num_threads():
-    """The threads fastnn's kernels and its BLAS calls use."""
+    """The threads fastnn's kernels and its BLAS calls use: 1 in a process forked after
+    fastnn ran on more (see set_num_threads)."""
+    global _threads_may_have_started
     scoped = getattr(_state, "threads", None)
     if scoped is not None:
-        return scoped
-    return _num_threads if _num_threads is not None else _default_threads()
+        n = scoped
+    else:
+        n = _num_threads if _num_threads is not None else _default_threads()
+    if n > 1:
+        if _forked_after_threads:
+            return 1
+        _threads_may_have_started = True
+    return n
 
 
 def set_num_threads(n):
     """Sets the threads fastnn's kernels and its BLAS calls use (None: the default,
-    OMP_NUM_THREADS when set, else the CPUs this process may run on)."""
+    OMP_NUM_THREADS when set, else the CPUs this process may run on).
+
+    A process forked (os.fork, multiprocessing's default "fork" start method on Linux)
+    after fastnn may have run on several threads stays on one: the OpenMP runtime cannot
+    start threads there. Processes started by "spawn" or "forkserver", or joblib's loky
+    workers, are not limited."""
     global _num_threads
     _num_threads = None if n is None else _check_threads(n)
+    if _forked_after_threads and _num_threads is not None and _num_threads > 1:
+        import warnings
+        warnings.warn(f"fastnn: this process was forked after fastnn ran on several threads, "
+                      f"where the OpenMP runtime cannot start threads: it keeps using 1, not "
+                      f"{_num_threads}; start worker processes with 'spawn' or 'forkserver' "
+                      f"to use more", RuntimeWarning, stacklevel=2)
 
 
 def _check_threads(n):

@@ -308,3 +308,42 @@ def test_fit_guard_holds_between_epochs():
         release.set()
         worker.join()
     model.fit(x, y, epochs=1, verbose=0)  # free again
+
+
+def _fit_in_child(queue):
+    """A forked child's fit: its weights, its thread count and its warnings to the queue."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x, y = dense_problem()
+        model = dense_model(seed=5)
+        model.fit(x, y, batch_size=256, epochs=2, verbose=0, seed=3)
+        fastnn.set_num_threads(2)  # asks for more: a warning, still one thread
+        threads = fastnn.get_num_threads()
+    queue.put((model.get_weights(), threads, [str(w.message) for w in caught]))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="no fork")
+def test_fit_in_a_process_forked_after_threads_ran():
+    """The OpenMP runtime cannot start threads in a child forked after the parent ran a
+    team: the child's fit used to wait forever at its first barrier (a multiprocessing
+    Pool worker, joblib's "multiprocessing" backend). There fastnn runs on one thread,
+    with the bits of any thread count."""
+    import multiprocessing
+    x, y = dense_problem()
+    fastnn.set_num_threads(2)
+    model = dense_model(seed=5)
+    model.fit(x, y, batch_size=256, epochs=2, verbose=0, seed=3)  # the parent's threads
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fit_in_child, args=(queue,))
+    child.start()
+    try:
+        weights, threads, warned = queue.get(timeout=120)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert threads == 1
+    assert any("forked" in w for w in warned)
+    assert same(weights, model.get_weights())
