@@ -419,7 +419,11 @@ def save_model(model, path):
             what = "optimizer state" if member.startswith("optimizer/") else "weights"
             raise ValueError(f"model: its {what} contain NaN or inf ({member}); "
                              f"refusing to save a model that could not be loaded")
-    directory = os.path.dirname(os.path.abspath(path))
+    # through a symbolic link to its target, as open(path, "w") writes (the link stays)
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"path: directory {directory!r} does not exist")
     mode = _default_mode(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path)[:64] + ".",
                                suffix=".tmp", dir=directory)
@@ -483,11 +487,12 @@ def _read_member(zf, members, member, shape, dtype):
     return arr
 
 
-def _load_bytes(data):
-    if not data.startswith(b"PK"):
+def _load_file(f):
+    if f.read(2) != b"PK":
         raise _Invalid("not a fastnn model file (not a zip archive)")
+    f.seek(0)
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(f)
     except zipfile.BadZipFile as e:
         raise _Invalid(f"not a valid zip archive ({e}); the file is truncated or corrupted") from None
     with zf:
@@ -523,14 +528,20 @@ def load_model(path):
         path = os.fspath(path)
     except TypeError:
         raise TypeError(f"path: expected a file path, got {path!r}") from None
+    if os.path.isdir(path):
+        raise ValueError(f"{os.fsdecode(path)}: a directory, not a fastnn model file")
+    # the zip is read in place (its directory from the end, then each member as checked),
+    # never whole: a huge file that is not a model, or a device, costs no memory
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return _load_bytes(data)
-    except _Invalid as e:
-        raise ValueError(f"{os.fsdecode(path)}: {e}") from None
-    except MemoryError:
-        raise
-    except Exception as e:  # zip-level damage (bad CRC, truncation, flipped header bits...)
-        raise ValueError(f"{os.fsdecode(path)}: corrupted fastnn model file "
-                         f"({type(e).__name__}: {e})") from None
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{os.fsdecode(path)}: not a regular file, so not a fastnn "
+                             f"model file")
+        try:
+            return _load_file(f)
+        except _Invalid as e:
+            raise ValueError(f"{os.fsdecode(path)}: {e}") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # zip-level damage (bad CRC, truncation, flipped header bits...)
+            raise ValueError(f"{os.fsdecode(path)}: corrupted fastnn model file "
+                             f"({type(e).__name__}: {e})") from None

@@ -571,6 +571,40 @@ def test_save_to_a_missing_directory_or_onto_a_directory_fails_cleanly(tmp_path,
         model.save(tmp_path / "adir")
     assert sorted(os.listdir(tmp_path)) == ["adir", "model.fastnn"]
     assert os.listdir(tmp_path / "adir") == []
+    with pytest.raises(FileNotFoundError, match="such"):  # names the user's directory
+        model.save(tmp_path / "no" / "such" / "dir.fastnn")
+
+
+def test_save_through_a_symbolic_link_writes_its_target(tmp_path, trained):
+    model, path, x, y = trained
+    target = tmp_path / "real.fastnn"
+    link = tmp_path / "link.fastnn"
+    link.symlink_to(target)
+    model.save(link)
+    assert link.is_symlink() and target.is_file()
+    assert same_weights(model, load_model(target))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_load_reads_no_more_of_a_file_than_it_checks(tmp_path):
+    """A directory, a device or a huge file that is not a model raises ValueError without
+    being read whole (load_model('/dev/zero') used to read until memory ran out)."""
+    import tracemalloc
+    with pytest.raises(ValueError, match="directory"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="regular file"):
+        load_model("/dev/zero")
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB of zeros on no disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="not a zip"):
+            load_model(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
 
 
 # ---- ModelCheckpoint --------------------------------------------------------------------
