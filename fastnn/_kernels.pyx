@@ -107,6 +107,7 @@ cdef extern from "network.h" nogil:
         int from_logits
         int fused
         double loss_scale
+        int clip_log_loss
         int n_metrics
         int metrics[8]
         void *gemm

@@ -90,6 +90,7 @@ cdef class Network:
         self.out_dim = specs[len(specs) - 1]["out_dim"]
         self.model.loss = -1
         self.model.loss_scale = 1.0
+        self.model.clip_log_loss = 0
         self.model.n_metrics = 0
         self.opt.kind = -1
 
@@ -111,14 +112,17 @@ cdef class Network:
         """Whether a train call is running on this network (in another thread)."""
         return self.training
 
-    def set_loss(self, int loss, bint from_logits, bint fused, metrics=(), double scale=1.0):
+    def set_loss(self, int loss, bint from_logits, bint fused, metrics=(), double scale=1.0,
+                 bint clip_log_loss=False):
         """The loss (times scale, e.g. 0.5 for scikit-learn's half squared error) and the
-        metric codes to accumulate."""
+        metric codes to accumulate; clip_log_loss: its value from probabilities clipped as
+        scikit-learn's log-loss clips them (src_c/losses.h: log_loss_clip_correction)."""
         self._check_idle("set_loss")
         if len(metrics) > NN_MAX_METRICS:
             raise ValueError(f"at most {NN_MAX_METRICS} metrics are supported")
         self.model.loss, self.model.from_logits, self.model.fused = loss, from_logits, fused
         self.model.loss_scale = scale
+        self.model.clip_log_loss = clip_log_loss
         self.model.n_metrics = len(metrics)
         for k, code in enumerate(metrics):
             self.model.metrics[k] = code

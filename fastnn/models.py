@@ -69,6 +69,7 @@ class Sequential:
         self._metric_names = []
         self.compiled = False
         self._loss_scale = 1.0  # 0.5: scikit-learn's half squared error (fastnn.sklearn)
+        self._clip_log_loss = False  # scikit-learn's log-loss value (fastnn.sklearn)
         self.stop_training = False
         self.history = None
         for layer in layers or []:
@@ -265,7 +266,8 @@ class Sequential:
         """Hands the loss and metrics to a compiled network built from this model."""
         if self.loss is not None:
             network.set_loss(LOSSES[self.loss.name], self.loss.from_logits, self._fused(),
-                             self._metric_kernels(), self._loss_scale)
+                             self._metric_kernels(), self._loss_scale,
+                             getattr(self, "_clip_log_loss", False))
 
     def _require_compiled(self, what):
         if self.loss is None:

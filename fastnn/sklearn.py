@@ -273,6 +273,10 @@ class _BaseMLP(BaseEstimator):
             model._network = None
             model._build(model._input_shape)
             self._link(model)
+        # the reported loss (loss_curve_, and so the tol / n_iter_no_change stopping) from
+        # probabilities clipped as scikit-learn's log-loss clips them: it differs from the
+        # exact loss where predictions saturate (unscaled data), the gradient does not
+        model._clip_log_loss = not isinstance(loss, MeanSquaredError)
         model.compile(optimizer=self._optimizer, loss=loss, metrics=metrics)
 
     def __getstate__(self):

@@ -2,6 +2,7 @@
  * including itself (real_begin.h explains the pattern). */
 #ifndef FASTNN_TEMPLATE
 #define FASTNN_TEMPLATE
+#include <float.h>
 #include <math.h>
 #include <string.h>
 #include "losses.h"
@@ -561,6 +562,50 @@ double FN(loss_share)(int loss, real *grad, const real *pred, const real *y,
     default:
         return NAN;
     }
+}
+
+double FN(log_loss_clip_correction)(int loss, const real *pred, const real *y,
+                                   const real *weights, int B, int K, double batch_weight)
+{
+    const double eps = FASTNN_DOUBLE ? DBL_EPSILON : FLT_EPSILON;
+    const double lo = -log1p(-eps), hi = -log(eps);
+    double sum = 0;
+    if (loss == LOSS_SPARSE_CATEGORICAL_CROSSENTROPY) {
+        const double log_k = log((double)K);
+        for (int r = 0; r < B; r++) {
+            const real *z = pred + (ptrdiff_t)r * K;
+            int c = FN(class_index)(y[r], K);
+            if (c < 0) continue; /* a NaN loss either way */
+            double other = -INFINITY; /* the largest logit of another class */
+            for (int j = 0; j < K; j++)
+                if (j != c && (double)z[j] > other) other = (double)z[j];
+            double lead = (double)z[c] - other;
+            /* the loss lies in [max(0, -lead), max(0, -lead) + log K]: above hi only if
+             * -lead + log K is; below lo (about eps) only if lead exceeds hi - log K - 1,
+             * else it is at least log(1 + e^-lead) > e K eps */
+            if (!(-lead + log_k > hi || lead > hi - log_k - 1)) continue;
+            double exact = FN(sparse_ce_row)(NULL, z, y + r, K, 1, 1);
+            double clipped = exact < lo ? lo : (exact > hi ? hi : exact);
+            sum += (weights ? (double)weights[r] : 1.0) * (clipped - exact);
+        }
+        return sum / batch_weight;
+    }
+    if (loss == LOSS_BINARY_CROSSENTROPY) {
+        for (int r = 0; r < B; r++) {
+            double w = weights ? (double)weights[r] : 1.0;
+            for (int j = 0; j < K; j++) {
+                ptrdiff_t i = (ptrdiff_t)r * K + j;
+                /* softplus(+-z) lies in [log(1 + e^-|z|), |z| + log 2]: inside [lo, hi]
+                 * for |z| <= hi - 1 */
+                if (!(FABS(pred[i]) > (real)(hi - 1))) continue;
+                double exact = FN(bce_logits)(NULL, pred + i, y + i, 1, 1);
+                double clipped = exact < lo ? lo : (exact > hi ? hi : exact);
+                sum += w * (clipped - exact);
+            }
+        }
+        return sum / (batch_weight * K);
+    }
+    return 0;
 }
 
 double FN(loss)(int loss, real *grad, const real *pred, const real *y, const real *weights,

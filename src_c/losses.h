@@ -70,6 +70,15 @@ enum {
      * (in double, in row order). The losses normalize by this; network.c scales its L2     \
      * term by the same value. */                                                           \
     double batch_weight_##sfx(const real *weights, int B);                                  \
+    /* scikit-learn's log-loss clips each probability to [eps, 1 - eps] (eps: the type's     \
+     * machine epsilon) before its log, which bounds each term to [-log(1 - eps), -log(eps)]; \
+     * fastnn's losses from logits are exact. What to add to loss_share's value (from        \
+     * logits, same arguments) to get the clipped loss of sparse categorical or binary      \
+     * (0/1 targets) cross-entropy; 0 for the others. Only the terms whose logits allow a    \
+     * value outside the bounds are computed again: a pass of comparisons otherwise. */      \
+    double log_loss_clip_correction_##sfx(int loss, const real *pred, const real *y,       \
+                                          const real *weights, int B, int K,                \
+                                          double batch_weight);                             \
     /* Sum over the batch of the per-sample metric (each sample's value is a mean over the  \
      * last axis), each times its weight when weights is not NULL; from_logits makes        \
      * binary accuracy threshold at 0 instead of 0.5. */                                    \

@@ -527,8 +527,11 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
     ptrdiff_t row0 = (ptrdiff_t)r0 * K;
     const real *pred = (m->fused ? (const real *)ws->z[last] : (const real *)ws->a[last]) + row0;
     real *g = grad ? (real *)ws->dbuf[last] + row0 : NULL;
-    double value = FN(loss_share)(m->loss, g, pred, y, weights, B, K,
-                                  m->fused ? 1 : m->from_logits, batch_weight, nthreads);
+    int from_logits = m->fused ? 1 : m->from_logits;
+    double value = FN(loss_share)(m->loss, g, pred, y, weights, B, K, from_logits,
+                                  batch_weight, nthreads);
+    if (m->clip_log_loss && from_logits)
+        value += FN(log_loss_clip_correction)(m->loss, pred, y, weights, B, K, batch_weight);
     if (m->loss_scale != 1.0) {
         value *= m->loss_scale;
         if (g) {

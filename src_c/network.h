@@ -70,6 +70,8 @@ typedef struct {
     int fused;          /* the last layer's sigmoid/softmax is folded into the loss */
     double loss_scale;  /* the loss (and its gradient) times this: 0.5 gives
                            scikit-learn's half squared error */
+    int clip_log_loss;  /* the loss's value (not its gradient) as scikit-learn's log-loss,
+                           from clipped probabilities (log_loss_clip_correction) */
     int n_metrics;
     int metrics[NN_MAX_METRICS]; /* METRIC_* */
     void *gemm;         /* sgemm_fn or dgemm_fn */

@@ -15,6 +15,7 @@ import scipy.sparse as sp  # noqa: E402
 from sklearn import neural_network as skl  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import (load_breast_cancer, load_diabetes, load_digits,  # noqa: E402
+                              make_classification,
                               make_friedman1, make_multilabel_classification)
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.model_selection import (GridSearchCV, cross_val_score,  # noqa: E402
@@ -82,6 +83,25 @@ def test_digits_matches_sklearn():
     assert ours.score(Xte, yte) == pytest.approx(theirs.score(Xte, yte), abs=0.005)
     assert ours.score(Xte, yte) > 0.95
     np.testing.assert_allclose(ours.predict_proba(Xte), theirs.predict_proba(Xte), atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_saturated_log_loss_is_clipped_as_sklearn_clips_it(classes, dtype):
+    """On unscaled data the outputs saturate: scikit-learn's loss_curve_ comes from
+    probabilities clipped to [eps, 1 - eps] (fastnn's exact loss was 4-20x larger there,
+    and its tol / n_iter_no_change stops came at other epochs)."""
+    X, y = make_classification(300, 10, n_informative=4, n_classes=classes, random_state=1)
+    X = (X * 300).astype(dtype)
+    kw = dict(random_state=1, max_iter=25, n_iter_no_change=2)
+    ours = MLPClassifier(**kw).fit(X, y)
+    theirs = skl.MLPClassifier(**kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    # binary: scikit-learn's -log(1 - p) of a p rounded near 1 carries its own error there
+    # (up to ~1e-3 at logits of 30), which fastnn's loss from the logits does not copy
+    rtol = 1e-3 if classes == 2 else (1e-12 if dtype == np.float64 else 1e-4)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol)
+    assert max(ours.loss_curve_) > 5  # saturated, and far from the exact loss's values
 
 
 def test_breast_cancer_sgd_matches_sklearn():
