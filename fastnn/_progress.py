@@ -4,6 +4,20 @@ import sys
 import time
 
 
+def can_encode(stream, text):
+    """Whether writing `text` to `stream` is safe. A stream naming no encoding (io.StringIO)
+    takes any str, as rich (Keras' summary) assumes. Tried on the text itself, not judged by
+    the encoding's name: a code page such as cp437 holds "─" but not "━"."""
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return True
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def _format_logs(logs):
     return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
 
@@ -32,6 +46,11 @@ class Progress:
         self.stream = stream or sys.stdout
         self.start = self.last_draw = time.perf_counter()
         self.width = len(str(steps))
+        # An ASCII or cp1252 console, or a redirect under a C locale, cannot take the box
+        # characters, and failing there would lose a trained epoch: fall back to ASCII, as
+        # Keras does ("━" becomes "="). Decided once, not per redraw.
+        self.full, self.empty = ("━", "─") if can_encode(self.stream, "━─") else ("=", "-")
+        self.drawn = 0  # length of the line on screen, to blank what a shorter one leaves
         if verbose:
             self._write(f"Epoch {epoch + 1}/{epochs}\n")
 
@@ -39,10 +58,16 @@ class Progress:
         self.stream.write(text)
         self.stream.flush()
 
+    def _redraw(self, text, end=""):
+        # "\r" only moves the cursor back: a loss going from 12.3456 to 1.2345 would leave
+        # the old line's last character behind. Keras pads the same way.
+        self._write("\r" + text + " " * (self.drawn - len(text)) + end)
+        self.drawn = 0 if end else len(text)
+
     def _bar(self, done, logs):
         elapsed = time.perf_counter() - self.start
         filled = int(20 * done / max(self.steps, 1))
-        bar = "━" * filled + "─" * (20 - filled) if filled < 20 else "━" * 20
+        bar = self.full * filled + self.empty * (20 - filled) if filled < 20 else self.full * 20
         if done < self.steps:
             eta = elapsed / max(done, 1) * (self.steps - done)
             timing = f"{_format_time(eta)}"
@@ -58,11 +83,11 @@ class Progress:
         now = time.perf_counter()
         if now - self.last_draw >= self.REFRESH:
             self.last_draw = now
-            self._write("\r" + self._bar(done, logs))
+            self._redraw(self._bar(done, logs))
 
     def end(self, logs):
         if self.verbose == 1:
-            self._write("\r" + self._bar(self.steps, logs) + "\n")
+            self._redraw(self._bar(self.steps, logs), "\n")
         elif self.verbose == 2:
             elapsed = time.perf_counter() - self.start
             self._write(f"{self.steps}/{self.steps} - {_format_time(elapsed)} - "

@@ -1,5 +1,8 @@
 """Callbacks: History (returned by fit), EarlyStopping, ModelCheckpoint, TerminateOnNaN,
 and any object with on_epoch_end(epoch, logs)."""
+import os
+import warnings
+
 import numpy as np
 
 
@@ -67,7 +70,8 @@ def _better(mode, monitor):
 
 class EarlyStopping(Callback):
     """Stops training when `monitor` has not improved by more than min_delta for
-    `patience` epochs; optionally restores the best epoch's weights."""
+    `patience` epochs; optionally restores the best epoch's weights when training ends,
+    stopped early or not (as Keras 3)."""
 
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
@@ -87,21 +91,36 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         self.wait = 0
         self.stopped_epoch = 0
-        self.best = np.inf if self.mode == "min" else -np.inf
+        # None, not inf: as in Keras, the first monitored value always counts as the best
+        # so far, even a NaN or inf one.
+        self.best = None
         self.best_weights = None
         self.best_epoch = 0
 
     def _improved(self, value, reference):
+        if reference is None:
+            return True
+        # As Keras: min_delta moves the value, not the reference (they round differently
+        # when the change is exactly min_delta)
         if self.mode == "min":
-            return value < reference - self.min_delta
-        return value > reference + self.min_delta
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def get_monitor_value(self, logs):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(f"Early stopping conditioned on metric `{self.monitor}` which is not "
+                          f"available. Available metrics are: {','.join(logs)}", stacklevel=2)
+        return value
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = self.get_monitor_value(logs)
         if value is None or epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if self._improved(value, self.best):
             self.best, self.best_epoch = value, epoch
@@ -110,20 +129,26 @@ class EarlyStopping(Callback):
             if self.baseline is None or self._improved(value, self.baseline):
                 self.wait = 0
             return
+        # Weights are restored in on_train_end, not here: callbacks after this one still
+        # see the weights of the epoch they are told about.
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
     """Saves the model to filepath (formatted with epoch and logs) after each epoch, or
-    only when `monitor` improved (save_best_only)."""
+    only when `monitor` improved (save_best_only); creates filepath's directory if needed,
+    as Keras does."""
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  mode="auto", save_freq="epoch"):
@@ -144,11 +169,17 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             value = logs.get(self.monitor)
             if value is None:
-                return
-            better = value < self.best if self.mode == "min" else value > self.best
-            if not better:
-                return
-            self.best = value
+                # Keras 3 then saves every epoch, as without save_best_only
+                warnings.warn(f"Can save best model only with {self.monitor} available.",
+                              stacklevel=2)
+            else:
+                better = value < self.best if self.mode == "min" else value > self.best
+                if not better:
+                    return
+                self.best = value
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
         self.model.save(path)
         if self.verbose > 0:
             print(f"Epoch {epoch + 1}: saved model to {path}")

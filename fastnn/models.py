@@ -349,8 +349,13 @@ class Sequential:
         xa, ya, sample_shape = self._prepare_xy(x, y)
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("validation_data: expected a tuple (x_val, y_val)")
+            # Keras' (x_val, y_val, sample_weight) with no weights is the plain pair
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                raise ValueError("validation_data: validation sample weights (a third element, "
+                                 "Keras' (x_val, y_val, sample_weight)) are not supported, as "
+                                 "fit has no sample_weight; pass (x_val, y_val)")
             xv, yv, val_shape = self._prepare_xy(validation_data[0], validation_data[1],
                                                  "validation_data[0]", "validation_data[1]")
             if val_shape != sample_shape:
@@ -388,6 +393,7 @@ class Sequential:
         self.stop_training = False
         for cb in all_callbacks:
             getattr(cb, "on_train_begin", lambda logs=None: None)({})
+        training_logs = {}
         metric_names = list(self._metric_names)
         chunk = 1  # compiled steps per return to Python with a progress bar (see _run_epoch)
         # Each epoch on the thread count that runs it faster: one thread where another
@@ -423,10 +429,13 @@ class Sequential:
                 progress.end(logs)
                 for cb in all_callbacks:
                     cb.on_epoch_end(epoch, dict(logs) if cb is not history else logs)
+                training_logs = logs
                 if self.stop_training:
                     break
+        # As Keras: the last epoch's logs, and no on_train_end after an exception (a
+        # KeyboardInterrupt included), so EarlyStopping restores nothing then.
         for cb in all_callbacks:
-            getattr(cb, "on_train_end", lambda logs=None: None)({})
+            getattr(cb, "on_train_end", lambda logs=None: None)(dict(training_logs))
         return history
 
     def _run_epoch(self, network, xa, ya, order, steps, batch_size, dropout_seed, nthreads,
@@ -615,6 +624,13 @@ class Sequential:
         size = f"{nbytes / 1024:.2f} KB" if nbytes >= 1024 else f"{nbytes:.2f} B"
         out += [f" Total params: {total:,} ({size})", f" Trainable params: {total:,} ({size})",
                 " Non-trainable params: 0 (0.00 B)"]
+        # A console or redirect that cannot encode box drawing would raise mid-table; draw
+        # the grid in ASCII there. As in Keras (rich), stdout decides, print_fn or not.
+        from ._progress import can_encode
+        box = "┏┳┓┃┡╇┩│├┼┤└┴┘━─"
+        if not can_encode(sys.stdout, box):
+            ascii_box = str.maketrans(box, "+++|+++|++++++=-")
+            out = [text.translate(ascii_box) for text in out]
         for text in out:
             print_fn(text)
 

@@ -10,14 +10,17 @@ def plot_history(history, path="history.png", title=None):
         raise ValueError("history: expected a History returned by fit (or its .history dict) "
                          "with at least one logged quantity")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure on an Agg canvas, not pyplot: matplotlib.use would switch the
+        # caller's backend for the rest of the session (plt.show, notebooks).
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("plot_history needs matplotlib: pip install matplotlib") from None
     names = [k for k in logs if not k.startswith("val_")]
     names += [k[4:] for k in logs if k.startswith("val_") and k[4:] not in names]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(names), 3.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(names), squeeze=False)
     epochs = getattr(history, "epoch", None)
     for ax, name in zip(axes[0], names):
         for key, style in ((name, "-"), ("val_" + name, "--")):
@@ -34,5 +37,4 @@ def plot_history(history, path="history.png", title=None):
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

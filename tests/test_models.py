@@ -5,14 +5,19 @@ seeding and reproducibility, callbacks, verbose output and numerically stable lo
 Conv1D/MaxPooling1D/Flatten, save/load/pickle and fastnn.sklearn are tested elsewhere.
 """
 import inspect
+import io
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 import fastnn
 from fastnn import Sequential, get_num_threads, num_threads, set_num_threads, set_random_seed
+from fastnn._progress import Progress
 from fastnn.callbacks import Callback, EarlyStopping, History
 from fastnn.layers import Activation, Dense, Dropout, Input
 from fastnn.losses import (BinaryCrossentropy, CategoricalCrossentropy, MeanSquaredError,
@@ -636,6 +641,40 @@ def test_summary_counts_dropout_and_activation_as_zero(capsys):
     assert "Total params: 82" in out  # 5*10+10 + 10*2+2
 
 
+def _ascii_stdout(monkeypatch, encoding="ascii"):
+    """sys.stdout as on a console or redirect that cannot encode box drawing."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "cp1252"])
+def test_summary_falls_back_to_ascii_when_stdout_cannot_encode_box_drawing(monkeypatch, encoding):
+    out = _ascii_stdout(monkeypatch, encoding)
+    model = small_binary_model()
+    model.summary()
+    text = out.buffer.getvalue().decode(encoding)
+    lines = text.splitlines()
+    assert "Total params: 49" in text and "Output Shape" in text
+    assert lines[1].startswith("+") and lines[2].startswith("|") and lines[3].startswith("+=")
+    assert len({len(line) for line in lines[1:-3]}) == 1  # the table stays aligned
+
+
+def test_summary_print_fn_falls_back_to_ascii_with_stdout(monkeypatch):
+    # As Keras: the box characters follow stdout's encoding, print_fn or not.
+    _ascii_stdout(monkeypatch)
+    lines = []
+    small_binary_model().summary(print_fn=lines.append)
+    "\n".join(lines).encode("ascii")
+
+
+def test_summary_keeps_box_drawing_on_streams_without_an_encoding(monkeypatch):
+    out = io.StringIO()  # encoding None, takes any str
+    monkeypatch.setattr(sys, "stdout", out)
+    small_binary_model().summary()
+    assert "┏" in out.getvalue() and "━" in out.getvalue()
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 def test_optimizer_defaults_match_keras():
@@ -989,6 +1028,177 @@ def test_early_stopping_on_a_scripted_metric():
     assert stopper.model.stop_training
 
 
+def test_early_stopping_restores_best_weights_when_training_runs_to_the_end():
+    # Keras 3 restores in on_train_end whenever it holds best weights, stopped or not
+    x, y, xv, yv = _diverging_validation()
+    set_random_seed(0)
+    model = small_binary_model()
+    model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
+    rec = WeightRecorder()
+    stopper = EarlyStopping(monitor="val_loss", patience=100, restore_best_weights=True)
+    hist = model.fit(x, y, epochs=6, batch_size=16, validation_data=(xv, yv),
+                     callbacks=[rec, stopper], verbose=0, seed=0)
+    vals = hist.history["val_loss"]
+    assert len(vals) == 6 and stopper.stopped_epoch == 0
+    best = int(np.argmin(vals))
+    assert best != 5
+    for a, b in zip(model.get_weights(), rec.weights[best]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_callbacks_after_early_stopping_see_the_stop_epochs_weights():
+    x, y, xv, yv = _diverging_validation()
+    set_random_seed(0)
+    model = small_binary_model()
+    model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
+    before, after = WeightRecorder(), WeightRecorder()
+    stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    model.fit(x, y, epochs=30, batch_size=16, validation_data=(xv, yv),
+              callbacks=[before, stopper, after], verbose=0, seed=0)
+    assert stopper.stopped_epoch > 0 and after.epochs[-1] == stopper.stopped_epoch
+    for a, b in zip(after.weights[-1], before.weights[-1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(after.weights[-1][0], before.weights[stopper.best_epoch][0])
+    for a, b in zip(model.get_weights(), before.weights[stopper.best_epoch]):
+        np.testing.assert_array_equal(a, b)
+
+
+class _MarkedModel:
+    """Stands in for a model whose weights are the number of the epoch that made them."""
+    stop_training = False
+
+    def __init__(self):
+        self.epoch, self.restored = None, None
+
+    def get_weights(self):
+        return [self.epoch]
+
+    def set_weights(self, weights):
+        self.restored = weights[0]
+
+
+def _script_early_stopping(values, **kw):
+    """(last epoch run, the epoch whose weights were restored or None) for a scripted run."""
+    stopper = EarlyStopping(monitor="loss", restore_best_weights=True, **kw)
+    model = _MarkedModel()
+    stopper.set_model(model)
+    stopper.on_train_begin({})
+    for epoch, value in enumerate(values):
+        model.epoch = epoch
+        stopper.on_epoch_end(epoch, {"loss": value})
+        if model.stop_training:
+            break
+    assert model.restored is None  # never inside on_epoch_end
+    stopper.on_train_end({})
+    return epoch, model.restored
+
+
+def test_early_stopping_best_weights_with_baseline_and_start_from_epoch():
+    # Each expectation is what keras.callbacks.EarlyStopping (3.15) does with these values.
+    # A baseline never beaten: stop after `patience` epochs, restore the best of them.
+    assert _script_early_stopping([0.5, 0.4, 0.45, 0.6], patience=2, baseline=0.1) == (2, 1)
+    # Beating the baseline resets the wait as usual
+    assert _script_early_stopping([0.5, 0.05, 0.06, 0.07, 0.08], patience=2,
+                                  baseline=0.1) == (3, 1)
+    # Epochs before start_from_epoch are neither best nor restored, even when lower...
+    assert _script_early_stopping([0.1, 0.2, 0.9, 0.8, 0.85], patience=5,
+                                  start_from_epoch=2) == (4, 3)
+    # ...and a run that ends before it restores nothing.
+    assert _script_early_stopping([0.1, 0.2], start_from_epoch=2) == (1, None)
+    # The first monitored value is the best so far whatever it is, as Keras' best starts
+    # at None: a NaN at epoch 0 is kept as best and nothing improves on it.
+    assert _script_early_stopping([np.nan, 0.5, 0.4], patience=0) == (1, 0)
+    assert _script_early_stopping([np.inf, 0.5, 0.6], patience=0) == (2, 1)
+
+
+def test_early_stopping_verbose_messages(capsys):
+    x, y, xv, yv = _diverging_validation()
+    set_random_seed(0)
+    model = small_binary_model()
+    model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
+    stopper = EarlyStopping(patience=2, restore_best_weights=True, verbose=1)
+    model.fit(x, y, epochs=30, batch_size=16, validation_data=(xv, yv), callbacks=[stopper],
+              verbose=0, seed=0)
+    assert capsys.readouterr().out == (
+        f"Epoch {stopper.stopped_epoch + 1}: early stopping\n"
+        f"Restoring model weights from the end of the best epoch: {stopper.best_epoch + 1}.\n")
+    stopper = EarlyStopping(patience=100, restore_best_weights=True, verbose=1)
+    model.fit(x, y, epochs=3, batch_size=16, validation_data=(xv, yv), callbacks=[stopper],
+              verbose=0, seed=0)
+    assert capsys.readouterr().out == (
+        f"Restoring model weights from the end of the best epoch: {stopper.best_epoch + 1}.\n")
+
+
+def test_early_stopping_warns_when_the_monitor_is_missing():
+    x, y = binary_data(32)
+    model = small_binary_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    with pytest.warns(UserWarning) as record:
+        model.fit(x, y, epochs=2, callbacks=[EarlyStopping(start_from_epoch=5)], verbose=0)
+    messages = [str(w.message) for w in record]
+    assert messages == ["Early stopping conditioned on metric `val_loss` which is not "
+                        "available. Available metrics are: loss,accuracy"] * 2
+    # Attributed to the callback's caller, as Keras' stacklevel=2
+    assert all(w.filename.endswith(os.path.join("fastnn", "callbacks.py")) for w in record)
+
+
+class _TrainHooks(Callback):
+    def __init__(self, stop_at=None, interrupt_at=None):
+        self.stop_at, self.interrupt_at, self.calls = stop_at, interrupt_at, []
+
+    def on_train_begin(self, logs=None):
+        self.calls.append(("begin", logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.interrupt_at:
+            raise KeyboardInterrupt
+        if epoch == self.stop_at:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.calls.append(("end", logs))
+
+
+def test_every_callback_sees_train_begin_and_end_with_the_last_epochs_logs():
+    x, y = binary_data(32)
+    model = small_binary_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    stopper, other = _TrainHooks(stop_at=1), _TrainHooks()
+    hist = model.fit(x, y, epochs=5, callbacks=[stopper, other], verbose=0)
+    last = {"loss": hist.history["loss"][-1]}
+    assert stopper.calls == other.calls == [("begin", {}), ("end", last)]
+    hooks = _TrainHooks()
+    model.fit(x, y, epochs=0, callbacks=[hooks], verbose=0)
+    assert hooks.calls == [("begin", {}), ("end", {})]
+
+
+def test_keyboard_interrupt_skips_on_train_end_as_keras():
+    x, y, xv, yv = _diverging_validation()
+    model = small_binary_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    hooks = _TrainHooks(interrupt_at=2)
+    stopper = EarlyStopping(patience=100, restore_best_weights=True)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=5, validation_data=(xv, yv), callbacks=[stopper, hooks],
+                  verbose=0)
+    assert hooks.calls == [("begin", {})]
+    before = model.get_weights()
+    model.fit(x, y, epochs=1, verbose=0)  # the model is free to train again
+    assert not np.array_equal(before[0], model.get_weights()[0])
+
+
+def test_validation_data_with_a_none_sample_weight_is_the_plain_pair():
+    x, y = binary_data(64)
+    xv, yv = binary_data(20, seed=2)
+    hists = []
+    for vd in [(xv, yv), (xv, yv, None), [xv, yv, None]]:
+        set_random_seed(0)
+        model = small_binary_model()
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        hists.append(model.fit(x, y, epochs=2, validation_data=vd, verbose=0, seed=0).history)
+    assert hists[0] == hists[1] == hists[2]
+
+
 # ----------------------------------------------------------------------------- verbose
 
 def _fit_verbose(verbose, capsys, **kw):
@@ -1026,6 +1236,67 @@ def test_verbose_2_one_line_per_epoch(capsys):
         assert line.startswith("3/3")
         assert "loss:" in line and "accuracy:" in line and "val_loss:" in line
         assert "\r" not in line and "━" not in line
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "cp1252"])
+def test_verbose_1_falls_back_to_ascii_when_stdout_cannot_encode_the_bar(monkeypatch, encoding):
+    out = _ascii_stdout(monkeypatch, encoding)
+    x, y = binary_data(64)
+    model = small_binary_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=1)
+    text = out.buffer.getvalue().decode(encoding)
+    assert "Epoch 2/2" in text and "4/4 ====================" in text and "loss:" in text
+
+
+def test_verbose_1_keeps_box_drawing_on_streams_without_an_encoding():
+    out = io.StringIO()
+    progress = Progress(1, 0, 1, 4, stream=out)
+    progress.end({"loss": 0.5})
+    assert "━" * 20 in out.getvalue()
+
+
+def _screen(text):
+    """What a terminal shows for text with carriage returns: each one rewinds the line."""
+    lines = []
+    for line in text.split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part):]
+        lines.append(shown)
+    return lines
+
+
+def test_verbose_1_redraw_pads_over_a_longer_previous_line():
+    out = io.StringIO()
+    progress = Progress(1, 0, 1, 4, stream=out)
+    progress.REFRESH = 0.0
+    progress.update(1, {"loss": 12.3456})
+    progress.update(2, {"loss": 1.2345})
+    assert _screen(out.getvalue())[-1].rstrip().endswith("loss: 1.2345")
+    progress.end({"loss": 0.1234})
+    assert _screen(out.getvalue())[-2].rstrip().endswith("loss: 0.1234")
+
+
+def test_verbose_1_under_an_ascii_stdout_in_a_fresh_interpreter(tmp_path):
+    code = textwrap.dedent("""
+        import numpy as np
+        from fastnn import Sequential
+        from fastnn.layers import Dense
+        x = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+        model = Sequential([Dense(4, activation="relu"), Dense(1, activation="sigmoid")])
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        model.build((3,))
+        model.summary()
+        model.fit(x, (x[:, 0] > 0).astype(np.float32), epochs=1, verbose=1)
+    """)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = dict(os.environ, PYTHONIOENCODING="ascii",
+               PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert b"Total params" in done.stdout and b"2/2 ====" in done.stdout
 
 
 def test_predict_and_evaluate_are_silent_by_default(capsys):

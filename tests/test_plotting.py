@@ -1,4 +1,9 @@
 """fastnn.plot_history: curves of a History to a PNG."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -26,3 +31,28 @@ def test_plot_history_writes_png(tmp_path):
 def test_plot_history_rejects_empty():
     with pytest.raises(ValueError, match="history"):
         fastnn.plot_history({})
+
+
+def test_plot_history_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
+    # In a fresh interpreter: this one's backend may already be Agg, which would hide a switch.
+    pytest.importorskip("matplotlib")
+    code = textwrap.dedent("""
+        import sys
+        import matplotlib
+        matplotlib.use("svg")
+        import fastnn
+        path = fastnn.plot_history({"loss": [1.0, 0.5, 0.2], "val_loss": [1.2, 0.7, 0.4],
+                                    "accuracy": [0.5, 0.7, 0.9]}, "h.png", title="t")
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules, path)
+    """)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
+    env.pop("MPLBACKEND", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["svg", "False", "h.png"]
+    with open(tmp_path / "h.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+    assert imread(tmp_path / "h.png").shape[:2] == (350, 900)  # 2 panels of 4.5 x 3.5 in at 100 dpi

@@ -645,6 +645,30 @@ def test_model_checkpoint_with_epoch_in_the_name(tmp_path):
     assert same_weights(model, last)
 
 
+def test_model_checkpoint_creates_its_directory(tmp_path):
+    x, y = dense_data()
+    model = dense_model()
+    model.fit(x, y, epochs=2, verbose=0, seed=0,
+              callbacks=[ModelCheckpoint(tmp_path / "runs" / "a" / "model.fastnn", monitor="loss"),
+                         ModelCheckpoint(str(tmp_path / "ep{epoch}" / "m.fastnn"))])
+    assert os.listdir(tmp_path / "runs" / "a") == ["model.fastnn"]
+    assert sorted(os.listdir(tmp_path)) == ["ep1", "ep2", "runs"]
+    assert same_weights(model, load_model(tmp_path / "runs" / "a" / "model.fastnn"))
+
+
+def test_model_checkpoint_warns_and_saves_when_the_best_only_monitor_is_missing(tmp_path):
+    # Keras 3.15 warns and then saves as without save_best_only (older Keras skipped)
+    x, y = dense_data()
+    model = dense_model()
+    path = tmp_path / "ckpt-{epoch}.fastnn"
+    with pytest.warns(UserWarning) as record:
+        model.fit(x, y, epochs=2, verbose=0, seed=0,
+                  callbacks=[ModelCheckpoint(path, monitor="val_loss", save_best_only=True)])
+    assert [str(w.message) for w in record] == [
+        "Can save best model only with val_loss available."] * 2
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1.fastnn", "ckpt-2.fastnn"]
+
+
 # ---- bad files --------------------------------------------------------------------------
 
 def test_missing_file_raises_file_not_found(tmp_path):

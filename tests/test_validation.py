@@ -329,6 +329,17 @@ def test_bad_validation_data():
                         "validation_data", "validation_data[0]", "validation_data[1]")
 
 
+def test_validation_sample_weights_are_rejected_clearly():
+    # Keras weights val_loss by them; fastnn's fit has no sample_weight at all
+    x, y = _data()
+    model = _binary_model()
+    for weights in (np.ones(N), [1.0] * N):
+        message = _check_rejected(
+            model, lambda: model.fit(x, y, validation_data=(x, y, weights), verbose=0),
+            "validation_data", contains=("sample_weight", "not supported"))
+        assert "(x_val, y_val)" in message
+
+
 # ----------------------------------------------------------------------------- bad arguments
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, "32"])
