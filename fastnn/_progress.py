@@ -35,15 +35,46 @@ def _per_step(seconds, steps):
     return f"{per * 1e3:.0f}ms/step" if per >= 1e-3 else f"{per * 1e6:.0f}us/step"
 
 
+REFRESH = 0.2  # seconds between writes to the stream, and between redraws of the bar
+
+
+class Output:
+    """A fit's output, written to the stream at most every REFRESH seconds. A write to a
+    terminal costs about 20 us (two an epoch: its header and its line), which on epochs of
+    half a millisecond (the course's network) was 9% of the fit; lines that arrive faster
+    than the eye follows them go out together. `flush` before anything else may print."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.pending = []
+        self.last_flush = float("-inf")
+
+    def write(self, text, now=False):
+        self.pending.append(text)
+        t = time.perf_counter()
+        if now or t - self.last_flush >= REFRESH:
+            self.flush(t)
+
+    def flush(self, t=None):
+        if self.pending:
+            self.stream.write("".join(self.pending))
+            self.stream.flush()
+            self.pending.clear()
+        self.last_flush = time.perf_counter() if t is None else t
+
+
 class Progress:
     """Prints one epoch's progress. `update` is called between chunks of compiled steps."""
 
-    REFRESH = 0.2  # seconds between redraws of the bar
+    REFRESH = REFRESH  # seconds between redraws of the bar
 
-    def __init__(self, verbose, epoch, epochs, steps, stream=None, chunk=1):
+    def __init__(self, verbose, epoch, epochs, steps, stream=None, chunk=1, out=None):
         self.verbose, self.steps = verbose, steps
         self.chunk = chunk  # compiled steps between redraws, tuned by the caller
-        self.stream = stream or sys.stdout
+        # without a fit's Output, every write goes out at once
+        self.out = out or Output(stream)
+        self.immediate = out is None
+        self.stream = self.out.stream
         self.start = self.last_draw = time.perf_counter()
         self.width = len(str(steps))
         # An ASCII or cp1252 console, or a redirect under a C locale, cannot take the box
@@ -54,14 +85,14 @@ class Progress:
         if verbose:
             self._write(f"Epoch {epoch + 1}/{epochs}\n")
 
-    def _write(self, text):
-        self.stream.write(text)
-        self.stream.flush()
+    def _write(self, text, now=False):
+        self.out.write(text, now or self.immediate)
 
     def _redraw(self, text, end=""):
         # "\r" only moves the cursor back: a loss going from 12.3456 to 1.2345 would leave
         # the old line's last character behind. Keras pads the same way.
-        self._write("\r" + text + " " * (self.drawn - len(text)) + end)
+        # a redraw within the epoch is due (update draws every REFRESH): it goes out now
+        self._write("\r" + text + " " * (self.drawn - len(text)) + end, now=not end)
         self.drawn = 0 if end else len(text)
 
     def _bar(self, done, logs):

@@ -4,6 +4,7 @@ The model owns one flat parameter buffer and one gradient buffer; every layer's 
 are views into them. `fit`, `predict` and `evaluate` check their inputs in Python, then
 run whole epochs (or all batches) in compiled code with the GIL released.
 """
+import contextlib
 import math
 import numbers
 import sys
@@ -18,11 +19,22 @@ from . import losses as losses_module
 from . import optimizers as optimizers_module
 from ._buffers import aligned_zeros
 from ._kernels import LOSSES, METRICS, MAX_METRICS, Network
-from ._progress import Progress
+from ._progress import Output, Progress
 from .callbacks import Callback, History
 from .layers import Input, Layer
 
 _MASK64 = (1 << 64) - 1
+
+
+@contextlib.contextmanager
+def _flushed(out):
+    """Writes out's pending lines when the block ends, however it ends."""
+    try:
+        yield out
+    finally:
+        out.flush()
+
+
 # Rows per compiled inference pass when the caller names none: as many as keep the
 # per-call buffers near this many values (larger passes make larger, faster products).
 _PREDICT_VALUES = 1 << 20
@@ -399,8 +411,11 @@ class Sequential:
         # Each epoch on the thread count that runs it faster: one thread where another
         # process holds a core and the threads wait for each other (config.ThreadPicker)
         picker = config.ThreadPicker(nthreads) if nthreads > 1 else None
+        out = Output()
+        # a callback besides History may print: fastnn's lines go out before it runs
+        others_print = bool(callbacks)
 
-        with config.blas_threads(1):  # fastnn's threads call it on panels (src_c/dense.c)
+        with config.blas_threads(1), _flushed(out):  # fastnn's threads call BLAS on panels
             for epoch in range(initial_epoch, epochs):
                 for cb in all_callbacks:
                     getattr(cb, "on_epoch_begin", lambda e, logs=None: None)(epoch, {})
@@ -408,7 +423,7 @@ class Sequential:
                 if shuffle:
                     from ._kernels import shuffle as shuffle_rows
                     shuffle_rows(order, epoch_seed)
-                progress = Progress(verbose, epoch, epochs, steps, chunk=chunk)
+                progress = Progress(verbose, epoch, epochs, steps, chunk=chunk, out=out)
                 epoch_threads = picker.next_call(1)[0] if picker else nthreads
                 start = time.perf_counter()
                 loss_sum, metric_sums = self._run_epoch(network, xa, ya, order, steps,
@@ -427,6 +442,8 @@ class Sequential:
                     logs.update({f"val_{name}": v for name, v in zip(metric_names, vmetrics)})
                 chunk = progress.chunk
                 progress.end(logs)
+                if others_print:
+                    out.flush()
                 for cb in all_callbacks:
                     cb.on_epoch_end(epoch, dict(logs) if cb is not history else logs)
                 training_logs = logs
