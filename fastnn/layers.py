@@ -139,9 +139,11 @@ class Layer:
     _counts = {}
 
     def __init__(self, name=None):
-        kind = _snake_case(type(self).__name__)
-        Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
-        self.name = name or (kind if Layer._counts[kind] == 1 else f"{kind}_{Layer._counts[kind] - 1}")
+        if name is None:  # as Keras, only an unnamed layer takes a number of its kind
+            kind = _snake_case(type(self).__name__)
+            Layer._counts[kind] = Layer._counts.get(kind, 0) + 1
+            name = kind if Layer._counts[kind] == 1 else f"{kind}_{Layer._counts[kind] - 1}"
+        self.name = name
         self.input_shape = None
         self.output_shape = None
         self.params = []  # arrays in Keras' get_weights order

@@ -35,6 +35,50 @@ def _flushed(out):
         out.flush()
 
 
+def _summary_widths():
+    """Keras' summary column widths (padding included) for this terminal: a table
+    min(88, columns - 4) wide, split at 45% and 80%, each column given 2 of padding, then
+    narrowed evenly to fit the 4 borders, as rich (which draws Keras' table) narrows
+    columns of fixed width."""
+    import shutil
+    line_length = max(40, min(88, shutil.get_terminal_size().columns - 4))
+    widths, current = [], 0
+    for pos in (0.45, 0.80, 1.0):
+        width = int(pos * line_length) - current
+        widths.append(width + 2)
+        current += width
+    excess, parts = sum(widths) - (line_length - 4), len(widths)
+    for i in range(len(widths)):
+        cut = round(excess / parts)
+        widths[i] -= cut
+        excess -= cut
+        parts -= 1
+    return widths
+
+
+def _wrap(text, width):
+    """text in lines of at most width characters, as rich fits a cell of Keras' summary:
+    broken at spaces, a word too long for a line cut short with an ellipsis."""
+    lines = []
+    for word in text.split():
+        if len(word) > width:
+            word = word[:width - 1] + "…"
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _memory_size(nbytes):
+    """Keras' readable_memory_size."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes / 1024 < 1:
+            return f"{nbytes:.2f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.2f} PB"
+
+
 # Rows per compiled inference pass when the caller names none: as many as keep the
 # per-call buffers near this many values (larger passes make larger, faster products).
 _PREDICT_VALUES = 1 << 20
@@ -622,31 +666,54 @@ class Sequential:
             else:
                 out, count = "?", "0 (unbuilt)"
             rows.append((f"{layer.name} ({type(layer).__name__})", out, count))
-        widths = [max(31, max(len(r[0]) for r in rows) + 2), 24, 15]
+        widths = _summary_widths()
+
         def line(left, mid, right, fill):
             return left + mid.join(fill * w for w in widths) + right
-        def cells(row, sep, head=False):
-            parts = [f" {row[0]:<{widths[0] - 2}} ", f" {row[1]:<{widths[1] - 2}} ",
-                     f" {row[2]:>{widths[2] - 2}} "]
-            return sep + sep.join(parts) + sep
-        out = [f'Model: "{self.name}"', line("┏", "┳", "┓", "━"), cells(rows[0], "┃", True),
+
+        def cells(row, sep):
+            """The row's lines, a text longer than its column wrapped (_wrap)."""
+            wrapped = [_wrap(text, w - 2) for text, w in zip(row, widths)]
+            lines = []
+            for k in range(max(len(c) for c in wrapped)):
+                part = [c[k] if k < len(c) else "" for c in wrapped]
+                lines.append(sep + sep.join([f" {part[0]:<{widths[0] - 2}} ",
+                                             f" {part[1]:<{widths[1] - 2}} ",
+                                             f" {part[2]:>{widths[2] - 2}} "]) + sep)
+            return lines
+
+        out = [f'Model: "{self.name}"', line("┏", "┳", "┓", "━"), *cells(rows[0], "┃"),
                line("┡", "╇", "┩", "━")]
         for i, row in enumerate(rows[1:]):
-            out.append(cells(row, "│"))
+            out.extend(cells(row, "│"))
             out.append(line("├", "┼", "┤", "─") if i < len(rows) - 2 else line("└", "┴", "┘", "─"))
         if len(rows) == 1:
             out.append(line("└", "┴", "┘", "─"))
-        total = self.count_params()
-        nbytes = total * np.dtype(self.dtype).itemsize
-        size = f"{nbytes / 1024:.2f} KB" if nbytes >= 1024 else f"{nbytes:.2f} B"
-        out += [f" Total params: {total:,} ({size})", f" Trainable params: {total:,} ({size})",
+        itemsize = np.dtype(self.dtype).itemsize
+        trainable = self.count_params()
+        # As Keras, once the optimizer has state (after the first fit, or loaded): its
+        # per-parameter slots, its iteration count and learning rate, all counted in the
+        # total
+        opt_count = opt_bytes = 0
+        opt = self.optimizer
+        if opt is not None and getattr(opt, "slots", None) is not None:
+            per_param = {"SGD": 1 if getattr(opt, "momentum", 0) > 0 else 0, "Adam": 2,
+                         "RMSprop": 2 if getattr(opt, "momentum", 0) > 0 else 1}
+            slots = per_param.get(type(opt).__name__, len(opt.slots)) * trainable
+            # Keras' iteration count is an int32 (its torch backend's), its rate a float
+            opt_count, opt_bytes = slots + 2, slots * itemsize + 4 + itemsize
+        total = trainable + opt_count
+        out += [f" Total params: {total:,} ({_memory_size(trainable * itemsize + opt_bytes)})",
+                f" Trainable params: {trainable:,} ({_memory_size(trainable * itemsize)})",
                 " Non-trainable params: 0 (0.00 B)"]
+        if opt_count:
+            out.append(f" Optimizer params: {opt_count:,} ({_memory_size(opt_bytes)})")
         # A console or redirect that cannot encode box drawing would raise mid-table; draw
         # the grid in ASCII there. As in Keras (rich), stdout decides, print_fn or not.
         from ._progress import can_encode
-        box = "┏┳┓┃┡╇┩│├┼┤└┴┘━─"
+        box = "┏┳┓┃┡╇┩│├┼┤└┴┘━─…"
         if not can_encode(sys.stdout, box):
-            ascii_box = str.maketrans(box, "+++|+++|++++++=-")
+            ascii_box = str.maketrans(box, "+++|+++|++++++=-.")
             out = [text.translate(ascii_box) for text in out]
         for text in out:
             print_fn(text)

@@ -641,6 +641,44 @@ def test_summary_counts_dropout_and_activation_as_zero(capsys):
     assert "Total params: 82" in out  # 5*10+10 + 10*2+2
 
 
+_SUMMARY_SCRIPT = """
+import numpy as np
+{imports}
+for optimizer in ["adam", "sgd", SGD(momentum=0.9), RMSprop(), RMSprop(momentum=0.5)]:
+    m = Sequential([Input((40,)), Dense(250, name="a_rather_long_layer_name_here_x"),
+                    Dense(1), Dense(2, name="averyveryveryveryveryveryveryveryverylongname")])
+    m.compile(optimizer=optimizer, loss="mse")
+    m.summary()
+    m.fit(np.zeros((4, 40), "float32"), np.zeros((4, 2), "float32"), verbose=0)
+    m.summary()
+"""
+
+
+def test_summary_is_keras_summary():
+    """The same text as Keras 3's summary (run in a subprocess, torch backend, an
+    80-column terminal) for each optimizer: column widths, a long name wrapped and cut
+    with an ellipsis, the automatic names, and the optimizer's parameters in the total
+    once it has state (after the first fit, not before)."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    env = dict(os.environ, KERAS_BACKEND="torch", COLUMNS="80")
+
+    def run(package):
+        imports = (f"from {package} import Sequential\n"
+                   f"from {package}.layers import Dense, Input\n"
+                   f"from {package}.optimizers import SGD, RMSprop")
+        done = subprocess.run([sys.executable, "-c", _SUMMARY_SCRIPT.format(imports=imports)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    ours = run("fastnn")
+    assert ours == run("keras")
+    models = ours.split("Model:")[1:]
+    assert len(models) == 10
+    assert all(("Optimizer params" in text) == (i % 2 == 1) for i, text in enumerate(models))
+
+
 def _ascii_stdout(monkeypatch, encoding="ascii"):
     """sys.stdout as on a console or redirect that cannot encode box drawing."""
     out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True)
