@@ -151,7 +151,7 @@ class ModelCheckpoint(Callback):
     as Keras does."""
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
-                 mode="auto", save_freq="epoch"):
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
         if save_freq != "epoch":
@@ -161,7 +161,11 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = bool(save_best_only)
         self.mode = _better(mode, monitor)
-        self.best = np.inf if self.mode == "min" else -np.inf
+        # None: the first value is an improvement (Keras 3's initial_value_threshold)
+        self.best = initial_value_threshold
+
+    def _print(self, text):
+        print(f"\n{text}")  # Keras' io_utils.print_msg of "\nEpoch ..."
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -173,13 +177,23 @@ class ModelCheckpoint(Callback):
                 warnings.warn(f"Can save best model only with {self.monitor} available.",
                               stacklevel=2)
             else:
-                better = value < self.best if self.mode == "min" else value > self.best
+                best = "None" if self.best is None else f"{self.best:.5f}"
+                better = self.best is None or (value < self.best if self.mode == "min"
+                                               else value > self.best)
                 if not better:
+                    if self.verbose > 0:
+                        self._print(f"Epoch {epoch + 1}: {self.monitor} did not improve "
+                                    f"from {best}")
                     return
+                if self.verbose > 0:
+                    self._print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to "
+                                f"{value:.5f}, saving model to {path}")
                 self.best = value
+        elif self.verbose > 0:
+            self._print(f"Epoch {epoch + 1}: saving model to {path}")
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
         self.model.save(path)
         if self.verbose > 0:
-            print(f"Epoch {epoch + 1}: saved model to {path}")
+            self._print(f"Epoch {epoch + 1}: finished saving model to {path}")

@@ -634,6 +634,45 @@ def test_model_checkpoint_save_best_only_writes_a_loadable_best_model(tmp_path):
     assert os.listdir(tmp_path) == ["best.fastnn"]
 
 
+def test_model_checkpoint_decisions_and_messages_are_keras(tmp_path, capsys):
+    """The saves and the verbose messages of keras.callbacks.ModelCheckpoint (3.15, whose
+    output this is) on scripted logs: best starts at None, a missing monitor warns and
+    saves, NaN is no improvement, initial_value_threshold is the first best."""
+    seq = [{"val_loss": 0.5}, {"val_loss": 0.6}, {"val_loss": 0.4}, {},
+           {"val_loss": float("nan")}, {"val_loss": 0.3}]
+
+    class Model:
+        def __init__(self):
+            self.saved = []
+
+        def save(self, path):
+            self.saved.append(os.path.basename(path))
+
+    def drive(**kw):
+        cb = ModelCheckpoint(str(tmp_path / "m_{epoch}.fastnn"), verbose=1, **kw)
+        cb.model = Model()
+        with pytest.warns(UserWarning, match="Can save best model only with val_loss"):
+            for epoch, logs in enumerate(seq):
+                cb.on_epoch_end(epoch, dict(logs))
+        return cb.model.saved, capsys.readouterr().out.replace(str(tmp_path) + os.sep, "")
+
+    saved, out = drive(save_best_only=True)
+    assert saved == ["m_1.fastnn", "m_3.fastnn", "m_4.fastnn", "m_6.fastnn"]
+    assert out == (
+        "\nEpoch 1: val_loss improved from None to 0.50000, saving model to m_1.fastnn\n"
+        "\nEpoch 1: finished saving model to m_1.fastnn\n"
+        "\nEpoch 2: val_loss did not improve from 0.50000\n"
+        "\nEpoch 3: val_loss improved from 0.50000 to 0.40000, saving model to m_3.fastnn\n"
+        "\nEpoch 3: finished saving model to m_3.fastnn\n"
+        "\nEpoch 4: finished saving model to m_4.fastnn\n"
+        "\nEpoch 5: val_loss did not improve from 0.40000\n"
+        "\nEpoch 6: val_loss improved from 0.40000 to 0.30000, saving model to m_6.fastnn\n"
+        "\nEpoch 6: finished saving model to m_6.fastnn\n")
+    saved, out = drive(save_best_only=True, initial_value_threshold=0.45)
+    assert saved == ["m_3.fastnn", "m_4.fastnn", "m_6.fastnn"]
+    assert out.startswith("\nEpoch 1: val_loss did not improve from 0.45000\n")
+
+
 def test_model_checkpoint_with_epoch_in_the_name(tmp_path):
     x, y = conv_data()
     model = conv_model()
