@@ -715,6 +715,9 @@ class Sequential:
         if not can_encode(sys.stdout, box):
             ascii_box = str.maketrans(box, "+++|+++|++++++=-.")
             out = [text.translate(ascii_box) for text in out]
+            # and a name in characters it lacks (Cyrillic on an ASCII console) as "?"
+            encoding = sys.stdout.encoding
+            out = [text.encode(encoding, "replace").decode(encoding) for text in out]
         for text in out:
             print_fn(text)
 

@@ -698,6 +698,14 @@ def test_summary_falls_back_to_ascii_when_stdout_cannot_encode_box_drawing(monke
     assert len({len(line) for line in lines[1:-3]}) == 1  # the table stays aligned
 
 
+def test_summary_of_names_stdout_cannot_encode(monkeypatch):
+    out = _ascii_stdout(monkeypatch)
+    model = Sequential([Dense(2, name="слой")])
+    model.build((3,))
+    model.summary()
+    assert "| ???? (Dense)" in out.buffer.getvalue().decode("ascii")
+
+
 def test_summary_print_fn_falls_back_to_ascii_with_stdout(monkeypatch):
     # As Keras: the box characters follow stdout's encoding, print_fn or not.
     _ascii_stdout(monkeypatch)
