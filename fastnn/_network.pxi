@@ -116,7 +116,7 @@ cdef class Network:
                  bint clip_log_loss=False):
         """The loss (times scale, e.g. 0.5 for scikit-learn's half squared error) and the
         metric codes to accumulate; clip_log_loss: its value from probabilities clipped as
-        scikit-learn's log-loss clips them (src_c/losses.h: log_loss_clip_correction)."""
+        scikit-learn's log-loss clips them (src_c/losses.h: LOSS_CLIP_PROBABILITIES)."""
         self._check_idle("set_loss")
         if len(metrics) > NN_MAX_METRICS:
             raise ValueError(f"at most {NN_MAX_METRICS} metrics are supported")

@@ -68,7 +68,8 @@ class Progress:
 
     REFRESH = REFRESH  # seconds between redraws of the bar
 
-    def __init__(self, verbose, epoch, epochs, steps, stream=None, chunk=1, out=None):
+    def __init__(self, verbose, epoch, epochs, steps, stream=None, chunk=1, out=None,
+                 slow=True):
         self.verbose, self.steps = verbose, steps
         self.chunk = chunk  # compiled steps between redraws, tuned by the caller
         # without a fit's Output, every write goes out at once
@@ -83,7 +84,9 @@ class Progress:
         self.full, self.empty = ("━", "─") if can_encode(self.stream, "━─") else ("=", "-")
         self.drawn = 0  # length of the line on screen, to blank what a shorter one leaves
         if verbose:
-            self._write(f"Epoch {epoch + 1}/{epochs}\n")
+            # slow: the last epoch took a refresh or more, so this one's header shows at
+            # once (verbose=2 writes nothing else until the epoch ends)
+            self._write(f"Epoch {epoch + 1}/{epochs}\n", now=slow)
 
     def _write(self, text, now=False):
         self.out.write(text, now or self.immediate)

@@ -456,6 +456,7 @@ class Sequential:
         # process holds a core and the threads wait for each other (config.ThreadPicker)
         picker = config.ThreadPicker(nthreads) if nthreads > 1 else None
         out = Output()
+        epoch_seconds = float("inf")  # the last epoch's
         # a callback besides History may print: fastnn's lines go out before it runs
         others_print = bool(callbacks)
 
@@ -467,16 +468,17 @@ class Sequential:
                 if shuffle:
                     from ._kernels import shuffle as shuffle_rows
                     shuffle_rows(order, epoch_seed)
-                progress = Progress(verbose, epoch, epochs, steps, chunk=chunk, out=out)
+                progress = Progress(verbose, epoch, epochs, steps, chunk=chunk, out=out,
+                                    slow=epoch_seconds >= Progress.REFRESH)
                 epoch_threads = picker.next_call(1)[0] if picker else nthreads
                 start = time.perf_counter()
                 loss_sum, metric_sums = self._run_epoch(network, xa, ya, order, steps,
                                                         batch_size, epoch_seed ^ 0x5DEECE66D,
                                                         epoch_threads, progress, n,
                                                         metric_names)
+                epoch_seconds = time.perf_counter() - start
                 if picker:
-                    picker.record(epoch_threads, time.perf_counter() - start, 1,
-                                  network.wait_fraction)
+                    picker.record(epoch_threads, epoch_seconds, 1, network.wait_fraction)
                 self.optimizer.iterations = network.iterations
                 logs = {"loss": loss_sum / n}
                 logs.update({name: s / n for name, s in zip(metric_names, metric_sums)})

@@ -419,9 +419,11 @@ def save_model(model, path):
             what = "optimizer state" if member.startswith("optimizer/") else "weights"
             raise ValueError(f"model: its {what} contain NaN or inf ({member}); "
                              f"refusing to save a model that could not be loaded")
-    # through a symbolic link to its target, as open(path, "w") writes (the link stays)
-    path = os.path.realpath(path)
-    directory = os.path.dirname(path)
+    # through a symbolic link to its target, as open(path, "w") writes (the link stays);
+    # any other path as the system reads it ("sub/../m" needs "sub", "m/" is no file)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    directory = os.path.dirname(path) or os.curdir
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"path: directory {directory!r} does not exist")
     mode = _default_mode(path)
@@ -528,8 +530,10 @@ def load_model(path):
         path = os.fspath(path)
     except TypeError:
         raise TypeError(f"path: expected a file path, got {path!r}") from None
-    if os.path.isdir(path):
-        raise ValueError(f"{os.fsdecode(path)}: a directory, not a fastnn model file")
+    # before opening it: opening a FIFO would wait for a writer
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        what = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise ValueError(f"{os.fsdecode(path)}: {what}, not a fastnn model file")
     # the zip is read in place (its directory from the end, then each member as checked),
     # never whole: a huge file that is not a model, or a device, costs no memory
     with open(path, "rb") as f:

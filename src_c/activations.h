@@ -53,7 +53,8 @@ static inline double exp_nonpositive_f64(double x)
 {
     const double shift = 6755399441055744.0; /* 1.5 * 2^52 */
     double xc = x < -708.39 ? -708.39 : x; /* NaN stays NaN through the polynomial */
-    double n = (xc * 1.4426950408889634 + shift) - shift;
+    double t = xc * 1.4426950408889634 + shift;
+    double n = t - shift;
     double r = xc - n * 6.93147180369123816490e-01;
     r = r - n * 1.90821492927058770002e-10;
     double p = 1.0 / 6227020800.0; /* 1 / 13! */
@@ -69,8 +70,13 @@ static inline double exp_nonpositive_f64(double x)
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     double e = p * r * r + r + 1.0;
-    double n_defined = n == n ? n : 0.0; /* keeps the conversion to int defined for NaN */
-    int64_t bits = (int64_t)((int64_t)n_defined + 1023) << 52;
+    /* t = 1.5 * 2^52 + n exactly, so its bits are shift's plus n: 2^n's exponent bits by
+     * integer arithmetic, which vectorizes where a conversion to int64 would not (it
+     * needs AVX-512DQ); a NaN x's e is NaN whatever they hold */
+    uint64_t t_bits, shift_bits;
+    memcpy(&t_bits, &t, sizeof t_bits);
+    memcpy(&shift_bits, &shift, sizeof shift_bits);
+    uint64_t bits = (t_bits - shift_bits + 1023u) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return x < -708.39 ? 0.0 : e * scale;

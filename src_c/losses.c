@@ -186,6 +186,15 @@ typedef double (*FN(row_loss_fn))(real *g, const real *p, const real *y, int K,
 static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
                                 int from_logits, real gscale);
 
+/* A term's loss as scikit-learn's log-loss has it (LOSS_CLIP_PROBABILITIES): -log of a
+ * probability clipped to [eps, 1 - eps]. */
+static double FN(clip_term)(double loss)
+{
+    const double eps = FASTNN_DOUBLE ? DBL_EPSILON : FLT_EPSILON;
+    const double lo = -log1p(-eps), hi = -log(eps);
+    return loss < lo ? lo : (loss > hi ? hi : loss); /* NaN stays NaN */
+}
+
 /* Row blocks [blk0, blk1) of batch_loss: each block's sum into block_sum. */
 static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *grad,
                             const real *pred, const real *y, int y_stride,
@@ -223,6 +232,8 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *gra
                     scales[i] = weights ? (real)((double)weights[q + i] * gscale) : row_gscale;
                 sparse_ce_logits_rows16_f32(grad ? grad + q * K : NULL, pred + q * K, y + q,
                                             K, rows, scales, losses);
+                if (from_logits & LOSS_CLIP_PROBABILITIES)
+                    for (int i = 0; i < rows; i++) losses[i] = FN(clip_term)(losses[i]);
                 for (int i = 0; i < rows; i++)
                     s += weights ? (double)weights[q + i] * losses[i] : losses[i];
             }
@@ -241,6 +252,8 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *gra
                     scales[i] = weights ? (double)weights[q + i] * gscale : row_gscale;
                 sparse_ce_logits_rows8_f64(grad ? grad + q * K : NULL, pred + q * K, y + q, K,
                                            rows, scales, losses);
+                if (from_logits & LOSS_CLIP_PROBABILITIES)
+                    for (int i = 0; i < rows; i++) losses[i] = FN(clip_term)(losses[i]);
                 for (int i = 0; i < rows; i++)
                     s += weights ? (double)weights[q + i] * losses[i] : losses[i];
             }
@@ -348,7 +361,8 @@ static real FN(clip_prob)(real p)
  * exponential serves the loss and the gradient. The values go through a buffer in
  * pieces: the loop that computes them vectorizes, the double sum keeps its order. */
 FASTNN_VECTORIZED
-static double FN(bce_logits)(real *g, const real *p, const real *y, int K, real gscale)
+static double FN(bce_logits)(real *g, const real *p, const real *y, int K, real gscale,
+                             int clip)
 {
     real term[256];
     double s = 0;
@@ -369,7 +383,10 @@ static double FN(bce_logits)(real *g, const real *p, const real *y, int K, real 
                 term[j] = (z[j] > 0 ? z[j] : (real)0) - z[j] * t[j] + LOG1P_UNIT(e);
             }
         }
-        for (int j = 0; j < n; j++) s += (double)term[j];
+        if (clip)
+            for (int j = 0; j < n; j++) s += FN(clip_term)((double)term[j]);
+        else
+            for (int j = 0; j < n; j++) s += (double)term[j];
     }
     return s;
 }
@@ -377,7 +394,8 @@ static double FN(bce_logits)(real *g, const real *p, const real *y, int K, real 
 static double FN(bce_row)(real *g, const real *p, const real *y, int K, int from_logits,
                           real gscale)
 {
-    if (from_logits) return FN(bce_logits)(g, p, y, K, gscale);
+    if (from_logits)
+        return FN(bce_logits)(g, p, y, K, gscale, from_logits & LOSS_CLIP_PROBABILITIES);
     double s = 0;
     for (int j = 0; j < K; j++) {
         real t = y[j];
@@ -468,7 +486,8 @@ static double FN(sparse_ce_row)(real *g, const real *p, const real *y, int K,
             for (int j = 0; j < K; j++) g[j] = g[j] * inv * gscale;
             g[c] -= gscale;
         }
-        return (double)lse - (double)p[c]; /* in double: finite for any float logits */
+        double loss = (double)lse - (double)p[c]; /* in double: finite for any float logits */
+        return (from_logits & LOSS_CLIP_PROBABILITIES) ? FN(clip_term)(loss) : loss;
     }
     /* Keras: q = p / sum(p), loss -log clip(q_c);  d/dp_j = 1/sum - [j == c] / p_c */
     real sum = 0;
@@ -493,8 +512,9 @@ double FN(sparse_categorical_crossentropy_loss)(real *grad, const real *pred,
 static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_logits,
                          real gscale)
 {
+    int clip = from_logits & LOSS_CLIP_PROBABILITIES;
 #if FASTNN_SIMD16 && !FASTNN_DOUBLE
-    if (from_logits && K <= 16 && softmax_row16_available())
+    if (from_logits && !clip && K <= 16 && softmax_row16_available())
         return ce_logits_row16_f32(g, p, y, K, gscale);
 #endif
     if (from_logits) {
@@ -505,7 +525,8 @@ static double FN(ce_row)(real *g, const real *p, const real *y, int K, int from_
         double loss = 0; /* in double: finite for any float logits */
         for (int j = 0; j < K; j++) {
             ysum += y[j];
-            loss += (double)y[j] * ((double)lse - (double)p[j]);
+            double term = (double)lse - (double)p[j];
+            loss += (double)y[j] * (clip ? FN(clip_term)(term) : term);
         }
         if (g) {
             real inv = (real)1 / sum;
@@ -562,50 +583,6 @@ double FN(loss_share)(int loss, real *grad, const real *pred, const real *y,
     default:
         return NAN;
     }
-}
-
-double FN(log_loss_clip_correction)(int loss, const real *pred, const real *y,
-                                   const real *weights, int B, int K, double batch_weight)
-{
-    const double eps = FASTNN_DOUBLE ? DBL_EPSILON : FLT_EPSILON;
-    const double lo = -log1p(-eps), hi = -log(eps);
-    double sum = 0;
-    if (loss == LOSS_SPARSE_CATEGORICAL_CROSSENTROPY) {
-        const double log_k = log((double)K);
-        for (int r = 0; r < B; r++) {
-            const real *z = pred + (ptrdiff_t)r * K;
-            int c = FN(class_index)(y[r], K);
-            if (c < 0) continue; /* a NaN loss either way */
-            double other = -INFINITY; /* the largest logit of another class */
-            for (int j = 0; j < K; j++)
-                if (j != c && (double)z[j] > other) other = (double)z[j];
-            double lead = (double)z[c] - other;
-            /* the loss lies in [max(0, -lead), max(0, -lead) + log K]: above hi only if
-             * -lead + log K is; below lo (about eps) only if lead exceeds hi - log K - 1,
-             * else it is at least log(1 + e^-lead) > e K eps */
-            if (!(-lead + log_k > hi || lead > hi - log_k - 1)) continue;
-            double exact = FN(sparse_ce_row)(NULL, z, y + r, K, 1, 1);
-            double clipped = exact < lo ? lo : (exact > hi ? hi : exact);
-            sum += (weights ? (double)weights[r] : 1.0) * (clipped - exact);
-        }
-        return sum / batch_weight;
-    }
-    if (loss == LOSS_BINARY_CROSSENTROPY) {
-        for (int r = 0; r < B; r++) {
-            double w = weights ? (double)weights[r] : 1.0;
-            for (int j = 0; j < K; j++) {
-                ptrdiff_t i = (ptrdiff_t)r * K + j;
-                /* softplus(+-z) lies in [log(1 + e^-|z|), |z| + log 2]: inside [lo, hi]
-                 * for |z| <= hi - 1 */
-                if (!(FABS(pred[i]) > (real)(hi - 1))) continue;
-                double exact = FN(bce_logits)(NULL, pred + i, y + i, 1, 1);
-                double clipped = exact < lo ? lo : (exact > hi ? hi : exact);
-                sum += w * (clipped - exact);
-            }
-        }
-        return sum / (batch_weight * K);
-    }
-    return 0;
 }
 
 double FN(loss)(int loss, real *grad, const real *pred, const real *y, const real *weights,

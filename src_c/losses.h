@@ -34,6 +34,12 @@ enum {
     LOSS_CATEGORICAL_CROSSENTROPY = 3
 };
 
+/* Or'd into from_logits (with it set): each term's loss value (not its gradient) as
+ * scikit-learn's log-loss computes it, from a probability clipped to [eps, 1 - eps] (eps:
+ * the type's machine epsilon), that is clamped to [-log(1 - eps), -log(eps)]; for the
+ * cross-entropies only (fastnn.sklearn's classifier). */
+enum { LOSS_CLIP_PROBABILITIES = 2 };
+
 enum {
     METRIC_BINARY_ACCURACY = 0,
     METRIC_SPARSE_CATEGORICAL_ACCURACY = 1,
@@ -70,15 +76,6 @@ enum {
      * (in double, in row order). The losses normalize by this; network.c scales its L2     \
      * term by the same value. */                                                           \
     double batch_weight_##sfx(const real *weights, int B);                                  \
-    /* scikit-learn's log-loss clips each probability to [eps, 1 - eps] (eps: the type's     \
-     * machine epsilon) before its log, which bounds each term to [-log(1 - eps), -log(eps)]; \
-     * fastnn's losses from logits are exact. What to add to loss_share's value (from        \
-     * logits, same arguments) to get the clipped loss of sparse categorical or binary      \
-     * (0/1 targets) cross-entropy; 0 for the others. Only the terms whose logits allow a    \
-     * value outside the bounds are computed again: a pass of comparisons otherwise. */      \
-    double log_loss_clip_correction_##sfx(int loss, const real *pred, const real *y,       \
-                                          const real *weights, int B, int K,                \
-                                          double batch_weight);                             \
     /* Sum over the batch of the per-sample metric (each sample's value is a mean over the  \
      * last axis), each times its weight when weights is not NULL; from_logits makes        \
      * binary accuracy threshold at 0 instead of 0.5. */                                    \

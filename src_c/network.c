@@ -528,10 +528,9 @@ static double FN(output_loss)(const nn_model *m, nn_workspace *ws, const real *y
     const real *pred = (m->fused ? (const real *)ws->z[last] : (const real *)ws->a[last]) + row0;
     real *g = grad ? (real *)ws->dbuf[last] + row0 : NULL;
     int from_logits = m->fused ? 1 : m->from_logits;
+    if (from_logits && m->clip_log_loss) from_logits |= LOSS_CLIP_PROBABILITIES;
     double value = FN(loss_share)(m->loss, g, pred, y, weights, B, K, from_logits,
                                   batch_weight, nthreads);
-    if (m->clip_log_loss && from_logits)
-        value += FN(log_loss_clip_correction)(m->loss, pred, y, weights, B, K, batch_weight);
     if (m->loss_scale != 1.0) {
         value *= m->loss_scale;
         if (g) {

@@ -71,7 +71,7 @@ typedef struct {
     double loss_scale;  /* the loss (and its gradient) times this: 0.5 gives
                            scikit-learn's half squared error */
     int clip_log_loss;  /* the loss's value (not its gradient) as scikit-learn's log-loss,
-                           from clipped probabilities (log_loss_clip_correction) */
+                           from clipped probabilities (LOSS_CLIP_PROBABILITIES) */
     int n_metrics;
     int metrics[NN_MAX_METRICS]; /* METRIC_* */
     void *gemm;         /* sgemm_fn or dgemm_fn */

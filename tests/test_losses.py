@@ -475,3 +475,53 @@ def test_float64_sparse_rows_match_the_row_path(rows, k):
     e = np.exp(x)
     np.testing.assert_allclose(grad[:, 1], e * (1.0 / (1.0 + e)) * (1.0 / len(x)), rtol=6.7e-16,
                                atol=0)
+
+
+def _clipped_evaluate(z, y, loss, dtype):
+    """The loss of logits z as the network reports it with scikit-learn's clipping
+    (LOSS_CLIP_PROBABILITIES), through an identity layer."""
+    from fastnn import Sequential
+    from fastnn.layers import Dense
+    K_ = z.shape[1]
+    model = Sequential([Dense(K_, use_bias=False)], dtype=dtype)
+    model.build((K_,))
+    model.set_weights([np.eye(K_, dtype=dtype)])
+    model._clip_log_loss = True
+    model.compile(optimizer="sgd", loss=loss)
+    return model.evaluate(z.astype(dtype), y, batch_size=len(z), verbose=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipped_log_loss_is_each_term_clamped(dtype):
+    """fastnn.sklearn's classifier reports scikit-learn's log-loss: each term from a
+    probability clipped to [eps, 1 - eps]. Rows near both ends, where lse rounds at large
+    logits too (z = [1000, 986] in float32 computes a loss of 0, clipped to -log(1 - eps);
+    16 logits near 2^25 compute 16, above -log(eps))."""
+    from fastnn.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
+    eps = np.finfo(dtype).eps
+    lo, hi = -np.log1p(-eps), -np.log(eps)
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((50, 4)) * 30  # beyond both ends in either type
+    labels = rng.integers(0, 4, 50)
+    zr = z.astype(dtype).astype(np.float64)  # the logits as the network holds them
+    lse = np.log(np.exp(zr - zr.max(1, keepdims=True)).sum(1)) + zr.max(1)
+    terms = lse - zr[np.arange(len(zr)), labels]
+    assert terms.max() > hi and terms.min() < lo
+    sparse = SparseCategoricalCrossentropy(from_logits=True)
+    value = _clipped_evaluate(z, labels, sparse, dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert value == pytest.approx(np.clip(terms, lo, hi).mean(), rel=tol)
+    # rows whose loss the network computes outside the bounds only through rounding
+    if dtype == np.float32:
+        assert _clipped_evaluate(np.array([[1000.0, 986.0]]), np.array([0]), sparse,
+                                 dtype) == pytest.approx(lo, rel=1e-6)
+        big = np.array([[2.0 ** 25] + [2.0 ** 25 + 12] * 15])
+        assert _clipped_evaluate(big, np.array([0]), sparse, dtype) == pytest.approx(hi, rel=1e-6)
+    else:
+        assert _clipped_evaluate(np.array([[1e6, 1e6 - 30]]), np.array([0]), sparse,
+                                 dtype) == pytest.approx(lo, rel=1e-6)
+    zb = rng.standard_normal((40, 3)) * 40
+    yb = rng.integers(0, 2, (40, 3)).astype(dtype)
+    softplus = np.logaddexp(0, np.where(yb > 0, -zb, zb).astype(dtype).astype(np.float64))
+    value = _clipped_evaluate(zb, yb, BinaryCrossentropy(from_logits=True), dtype)
+    assert value == pytest.approx(np.clip(softplus, lo, hi).mean(), rel=tol)

@@ -1321,6 +1321,28 @@ def test_fast_epochs_lines_go_out_together_in_order(monkeypatch, verbose):
     assert [line.split()[0] for line in lines] == ["Epoch", "4/4", "callback"] * 3
 
 
+def test_slow_epochs_header_goes_out_when_the_epoch_starts(monkeypatch):
+    """After an epoch of a refresh or more, the next epoch's header is written at once,
+    not with its result line (verbose=2 writes nothing else in between)."""
+    from fastnn import _progress
+    monkeypatch.setattr(_progress.Progress, "REFRESH", 0.0)  # every epoch counts as slow
+    chunks = []
+
+    class Recording(io.StringIO):
+        def write(self, text):
+            chunks.append(text)
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stdout", Recording())
+    x, y = binary_data(64)
+    model = small_binary_model()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(x, y, epochs=3, batch_size=16, verbose=2)
+    for k in (2, 3):
+        chunk = next(c for c in chunks if f"Epoch {k}/3" in c)
+        assert chunk.endswith(f"Epoch {k}/3\n")
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "cp1252"])
 def test_verbose_1_falls_back_to_ascii_when_stdout_cannot_encode_the_bar(monkeypatch, encoding):
     out = _ascii_stdout(monkeypatch, encoding)

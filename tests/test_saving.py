@@ -575,6 +575,19 @@ def test_save_to_a_missing_directory_or_onto_a_directory_fails_cleanly(tmp_path,
         model.save(tmp_path / "no" / "such" / "dir.fastnn")
 
 
+def test_save_paths_as_the_system_reads_them(tmp_path, trained, monkeypatch):
+    """Where open(path, "w") fails, save does, writing nothing ("sub/../m" needs a
+    directory "sub"; "m/" names a directory)."""
+    model, path, x, y = trained
+    monkeypatch.chdir(tmp_path)
+    for bad in ("sub/../rel.fastnn", "newdir/"):
+        with pytest.raises(FileNotFoundError):
+            model.save(bad)
+    assert sorted(os.listdir(tmp_path)) == ["model.fastnn"]
+    model.save("here.fastnn")  # a bare name: the current directory
+    assert same_weights(model, load_model(tmp_path / "here.fastnn"))
+
+
 def test_save_through_a_symbolic_link_writes_its_target(tmp_path, trained):
     model, path, x, y = trained
     target = tmp_path / "real.fastnn"
@@ -594,6 +607,10 @@ def test_load_reads_no_more_of_a_file_than_it_checks(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="regular file"):
         load_model("/dev/zero")
+    if hasattr(os, "mkfifo"):  # opening a FIFO would wait for a writer forever
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(ValueError, match="regular file"):
+            load_model(tmp_path / "fifo")
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:
         f.truncate(1 << 30)  # sparse: 1 GiB of zeros on no disk
