@@ -481,7 +481,7 @@ static void FN(small_product_rows)(real *out, int ldo, const real *a, int lda, i
  * wherever a K x 64 block of b stays in the core's L2 cache (K up to ~2048) and the
  * output has at least 10 columns; it has no cache blocking over K, so longer inner
  * dimensions and huge products go to BLAS. */
-static int FN(use_small)(int method, int b_trans, int M, int N, int K)
+static int FN(use_small)(int method, int a_trans, int b_trans, int M, int N, int K)
 {
     if (method == GEMM_BLAS || !gemm_small_available()) return 0;
     const int vlen = 64 / (int)sizeof(real);
@@ -494,9 +494,13 @@ static int FN(use_small)(int method, int b_trans, int M, int N, int K)
 #if FASTNN_DOUBLE
     /* Doubles: up to 4 vectors of columns OpenBLAS's dgemm matched or beat the kernel
      * by 10-40% wherever the last vector is partly filled (N = 10, a 10-class output
-     * layer: 5.5 against 8.9 us at 200 x 100); only a^T b^T-free forms, its packing of
-     * b^T being slower than the kernel's. */
-    if (!b_trans && N <= 4 * vlen && N % vlen != 0) return 0;
+     * layer's weight gradient: 5.3 against 9.0 us at 200 x 100). Only for a^T b, a weight
+     * gradient: a forward product's rows from OpenBLAS depend on how many rows it has,
+     * and the kernel's do not (a sample's prediction is the same alone or in a batch);
+     * and not for b^T, which OpenBLAS packs more slowly than the kernel. */
+    if (a_trans && !b_trans && N <= 4 * vlen && N % vlen != 0) return 0;
+#else
+    (void)a_trans;
 #endif
     return K <= 1024 && 2.0 * M * N * K <= 1e9;
 }
@@ -592,7 +596,7 @@ void FN(gemm_method)(int method, real *out, int ldo, const real *a, int lda, int
             for (int j = 0; j < N; j++) out[(ptrdiff_t)i * ldo + j] = 0;
         return;
     }
-    int small = FN(use_small)(method, b_trans, M, N, K);
+    int small = FN(use_small)(method, a_trans, b_trans, M, N, K);
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
     if (method == GEMM_AUTO && gemm_small_available() && dot_pays_f32(a_trans, b_trans, N, K))
         small = SMALL_DOT;
@@ -615,7 +619,7 @@ int FN(gemm_by_kernel)(int a_trans, int b_trans, int M, int N, int K)
 #else
     (void)a_trans;
 #endif
-    return FN(use_small)(GEMM_AUTO, b_trans, M, N, K);
+    return FN(use_small)(GEMM_AUTO, a_trans, b_trans, M, N, K);
 }
 
 void FN(gemm)(real *out, int ldo, const real *a, int lda, int a_trans, const real *b, int ldb,
@@ -631,7 +635,7 @@ int FN(gemm_bias_act)(real *z, real *act_out, int ldo, const real *a, int lda, i
 {
     if (M <= 0 || N <= 0 || K <= 0) return 0;
     if (act != ACT_LINEAR && act != ACT_RELU && act != ACT_LEAKY_RELU) return 0;
-    if (!FN(use_small)(GEMM_AUTO, b_trans, M, N, K)) return 0;
+    if (!FN(use_small)(GEMM_AUTO, a_trans, b_trans, M, N, K)) return 0;
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
     if (dot_pays_f32(a_trans, b_trans, N, K)) return 0; /* gemm's dot products are faster */
 #endif
@@ -646,7 +650,7 @@ int FN(gemm_adam)(real *out, int ldo, const real *a, int lda, int a_trans, const
                   real lr_t, real beta1, real beta2, real eps, int nthreads)
 {
     if (M <= 0 || N <= 0 || K <= 0) return 0;
-    if (!FN(use_small)(GEMM_AUTO, b_trans, M, N, K)) return 0;
+    if (!FN(use_small)(GEMM_AUTO, a_trans, b_trans, M, N, K)) return 0;
 #if FASTNN_SMALL_GEMM && !FASTNN_DOUBLE
     /* gemm would take these by another form of the kernel */
     if (dot_pays_f32(a_trans, b_trans, N, K) || flip_pays_f32(a_trans, b_trans, M, N, K))

@@ -13,8 +13,8 @@
  *   bench/kernels.py measures both at the shapes of the bench's workloads.
  * - GEMM_BLAS: the Fortran BLAS sgemm/dgemm handed in by the Cython glue (scipy's), for
  *   longer inner dimensions, huge products, outputs narrower than 10 columns (5 doubles),
- *   double outputs of up to 32 columns that leave the last vector partly empty (unless
- *   b is transposed), and CPUs without AVX-512.
+ *   double weight gradients a^T b of up to 32 columns that leave the last vector partly
+ *   empty, and CPUs without AVX-512.
  * A float weight gradient a^T b with few output columns (a layer of 25 units fills 25
  * of the kernel's 32 lanes) is computed under GEMM_AUTO as (b^T a)^T: the kernel then
  * vectorizes over the inputs, and the transpose back costs a few percent. The FMA chains

@@ -1701,3 +1701,21 @@ def test_thread_count_changing_between_calls_changes_no_bits(monkeypatch, shape)
     for a, b in zip(w_alt, w_one):
         np.testing.assert_array_equal(a, b)
     assert l_alt == l_one
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("units", [10, 12, 20, 25, 100])
+def test_a_samples_prediction_is_the_same_alone_or_in_any_batch(dtype, units):
+    """As the README says: where fastnn's kernel takes every forward product (each output
+    one chain of fused multiply-adds; outputs of 10 or more float32 columns, 5 doubles)
+    no row depends on the batch around it."""
+    from fastnn._kernels import small_gemm_available
+    if not small_gemm_available():
+        pytest.skip("BLAS computes the forward products on this CPU")
+    rng = np.random.default_rng(units)
+    model = Sequential([Dense(units, activation="relu"), Dense(units), Dense(16)], dtype=dtype)
+    model.build((30,))
+    x = rng.standard_normal((257, 30)).astype(dtype)
+    whole = model.predict(x)
+    for batch_size in (1, 7, 64):
+        assert np.array_equal(model.predict(x, batch_size=batch_size), whole)
