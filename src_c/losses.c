@@ -220,38 +220,25 @@ static void FN(loss_blocks)(FN(row_loss_fn) row_loss, int elementwise, real *gra
             block_sum[blk] = s;
             continue;
         }
-#if FASTNN_SIMD16 && !FASTNN_DOUBLE
+#if FASTNN_SIMD16
         if (row_loss == FN(sparse_ce_row) && from_logits && K <= 16 &&
             softmax_row16_available()) {
-            /* the same rows, 16 at a time (sparse_ce_logits_rows16_f32) */
-            for (ptrdiff_t q = r0; q < r1; q += 16) {
-                int rows = (int)(r1 - q < 16 ? r1 - q : 16);
-                float scales[16];
-                double losses[16];
+            /* the same rows, a vector's worth at a time (16 floats or 8 doubles:
+             * sparse_ce_logits_rows16_f32, sparse_ce_logits_rows8_f64) */
+            enum { GROUP = FASTNN_DOUBLE ? 8 : 16 };
+            for (ptrdiff_t q = r0; q < r1; q += GROUP) {
+                int rows = (int)(r1 - q < GROUP ? r1 - q : GROUP);
+                real scales[GROUP];
+                double losses[GROUP];
                 for (int i = 0; i < rows; i++)
                     scales[i] = weights ? (real)((double)weights[q + i] * gscale) : row_gscale;
-                sparse_ce_logits_rows16_f32(grad ? grad + q * K : NULL, pred + q * K, y + q,
-                                            K, rows, scales, losses);
-                if (from_logits & LOSS_CLIP_PROBABILITIES)
-                    for (int i = 0; i < rows; i++) losses[i] = FN(clip_term)(losses[i]);
-                for (int i = 0; i < rows; i++)
-                    s += weights ? (double)weights[q + i] * losses[i] : losses[i];
-            }
-            block_sum[blk] = s;
-            continue;
-        }
-#endif
-#if FASTNN_SIMD16 && FASTNN_DOUBLE
-        if (row_loss == FN(sparse_ce_row) && from_logits && K <= 16 &&
-            softmax_row16_available()) {
-            /* the same rows, 8 at a time (sparse_ce_logits_rows8_f64) */
-            for (ptrdiff_t q = r0; q < r1; q += 8) {
-                int rows = (int)(r1 - q < 8 ? r1 - q : 8);
-                double scales[8], losses[8];
-                for (int i = 0; i < rows; i++)
-                    scales[i] = weights ? (double)weights[q + i] * gscale : row_gscale;
+#if FASTNN_DOUBLE
                 sparse_ce_logits_rows8_f64(grad ? grad + q * K : NULL, pred + q * K, y + q, K,
                                            rows, scales, losses);
+#else
+                sparse_ce_logits_rows16_f32(grad ? grad + q * K : NULL, pred + q * K, y + q,
+                                            K, rows, scales, losses);
+#endif
                 if (from_logits & LOSS_CLIP_PROBABILITIES)
                     for (int i = 0; i < rows; i++) losses[i] = FN(clip_term)(losses[i]);
                 for (int i = 0; i < rows; i++)

@@ -1014,16 +1014,22 @@ def _diverging_validation():
     return x, y, x[:64], 1 - y[:64]
 
 
-@pytest.mark.parametrize("restore", [False, True])
-def test_early_stopping_patience_and_restore_best_weights(restore):
+def _fit_diverging(callbacks, epochs):
+    """A fit on _diverging_validation's data with these callbacks: (model, history)."""
     x, y, xv, yv = _diverging_validation()
     set_random_seed(0)
     model = small_binary_model()
     model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
+    hist = model.fit(x, y, epochs=epochs, batch_size=16, validation_data=(xv, yv),
+                     callbacks=callbacks, verbose=0, seed=0)
+    return model, hist
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_early_stopping_patience_and_restore_best_weights(restore):
     rec = WeightRecorder()
     stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=restore)
-    hist = model.fit(x, y, epochs=30, batch_size=16, validation_data=(xv, yv),
-                     callbacks=[rec, stopper], verbose=0, seed=0)
+    model, hist = _fit_diverging([rec, stopper], epochs=30)
     vals = hist.history["val_loss"]
     assert len(vals) < 30
     best = int(np.argmin(vals))
@@ -1076,14 +1082,9 @@ def test_early_stopping_on_a_scripted_metric():
 
 def test_early_stopping_restores_best_weights_when_training_runs_to_the_end():
     # Keras 3 restores in on_train_end whenever it holds best weights, stopped or not
-    x, y, xv, yv = _diverging_validation()
-    set_random_seed(0)
-    model = small_binary_model()
-    model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
     rec = WeightRecorder()
     stopper = EarlyStopping(monitor="val_loss", patience=100, restore_best_weights=True)
-    hist = model.fit(x, y, epochs=6, batch_size=16, validation_data=(xv, yv),
-                     callbacks=[rec, stopper], verbose=0, seed=0)
+    model, hist = _fit_diverging([rec, stopper], epochs=6)
     vals = hist.history["val_loss"]
     assert len(vals) == 6 and stopper.stopped_epoch == 0
     best = int(np.argmin(vals))
@@ -1093,14 +1094,9 @@ def test_early_stopping_restores_best_weights_when_training_runs_to_the_end():
 
 
 def test_callbacks_after_early_stopping_see_the_stop_epochs_weights():
-    x, y, xv, yv = _diverging_validation()
-    set_random_seed(0)
-    model = small_binary_model()
-    model.compile(optimizer=Adam(0.05), loss="binary_crossentropy")
     before, after = WeightRecorder(), WeightRecorder()
     stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
-    model.fit(x, y, epochs=30, batch_size=16, validation_data=(xv, yv),
-              callbacks=[before, stopper, after], verbose=0, seed=0)
+    model, _ = _fit_diverging([before, stopper, after], epochs=30)
     assert stopper.stopped_epoch > 0 and after.epochs[-1] == stopper.stopped_epoch
     for a, b in zip(after.weights[-1], before.weights[-1]):
         np.testing.assert_array_equal(a, b)
