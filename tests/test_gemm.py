@@ -2,8 +2,6 @@
 path, against the NumPy reference (fastnn.reference.gemm)."""
 import itertools
 import os
-import subprocess
-import sys
 import textwrap
 import zlib
 
@@ -174,7 +172,7 @@ def test_bias_gradient_sums_rows_in_order(dtype):
         np.testing.assert_array_equal(db, expected)
 
 
-def test_blas_path_when_the_kernel_is_turned_off():
+def test_blas_path_when_the_kernel_is_turned_off(run_python):
     # FASTNN_SMALL_GEMM=0 (or a CPU without AVX-512) sends every product to BLAS: dense
     # layers and a whole fit still agree with the reference there.
     script = textwrap.dedent("""
@@ -197,12 +195,7 @@ def test_blas_path_when_the_kernel_is_turned_off():
         assert h.history["accuracy"][-1] > 0.95, h.history["accuracy"][-1]
         print("ok")
     """)
-    import fastnn
-    # run where the imported fastnn lives (the clone's in-place build or site-packages)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    env = dict(os.environ, FASTNN_SMALL_GEMM="0", PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", script], cwd=package_root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_python(script, env=dict(os.environ, FASTNN_SMALL_GEMM="0"))
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 

@@ -8,7 +8,6 @@ import inspect
 import io
 import math
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -654,7 +653,7 @@ for optimizer in ["adam", "sgd", SGD(momentum=0.9), RMSprop(), RMSprop(momentum=
 """
 
 
-def test_summary_is_keras_summary():
+def test_summary_is_keras_summary(run_python):
     """The same text as Keras 3's summary (run in a subprocess, torch backend, an
     80-column terminal) for each optimizer: column widths, a long name wrapped and cut
     with an ellipsis, the automatic names, and the optimizer's parameters in the total
@@ -667,8 +666,7 @@ def test_summary_is_keras_summary():
         imports = (f"from {package} import Sequential\n"
                    f"from {package}.layers import Dense, Input\n"
                    f"from {package}.optimizers import SGD, RMSprop")
-        done = subprocess.run([sys.executable, "-c", _SUMMARY_SCRIPT.format(imports=imports)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = run_python(_SUMMARY_SCRIPT.format(imports=imports), env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -1379,7 +1377,7 @@ def test_verbose_1_redraw_pads_over_a_longer_previous_line():
     assert _screen(out.getvalue())[-2].rstrip().endswith("loss: 0.1234")
 
 
-def test_verbose_1_under_an_ascii_stdout_in_a_fresh_interpreter(tmp_path):
+def test_verbose_1_under_an_ascii_stdout_in_a_fresh_interpreter(run_python):
     code = textwrap.dedent("""
         import numpy as np
         from fastnn import Sequential
@@ -1391,11 +1389,7 @@ def test_verbose_1_under_an_ascii_stdout_in_a_fresh_interpreter(tmp_path):
         model.summary()
         model.fit(x, (x[:, 0] > 0).astype(np.float32), epochs=1, verbose=1)
     """)
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    env = dict(os.environ, PYTHONIOENCODING="ascii",
-               PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          timeout=120, cwd=tmp_path)
+    done = run_python(code, env=dict(os.environ, PYTHONIOENCODING="ascii"), text=False)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert b"Total params" in done.stdout and b"2/2 ====" in done.stdout
 

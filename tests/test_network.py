@@ -4,8 +4,6 @@ Network.loss_grad against reference gradients and central differences (fastnn.gr
 and thread-count independence."""
 
 import os
-import subprocess
-import sys
 import textwrap
 import zlib
 
@@ -490,7 +488,7 @@ def test_fit_softmax_first_layer_threads_bit_identical():
     assert model._network.split_units(32) == 0
 
 
-def test_split_units_on_one_thread_of_the_region(tmp_path):
+def test_split_units_on_one_thread_of_the_region(run_python):
     """When OpenMP gives the split's region one thread (OMP_THREAD_LIMIT=1; a nested
     region), that thread runs both ranges of units: the same bits as the one-thread loop."""
     code = textwrap.dedent("""
@@ -510,14 +508,9 @@ def test_split_units_on_one_thread_of_the_region(tmp_path):
             out.append(hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
         print(model._network.split_units(32), out[0] == out[1])
     """)
-    # the fastnn these tests import, wherever it is installed
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    env = dict(os.environ, OMP_THREAD_LIMIT="1",
-               PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
     env.pop("OMP_NUM_THREADS", None)
-    # run elsewhere than the checkout, whose fastnn/ (not built, in CI) would come first
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = run_python(code, env=env)
     assert done.returncode == 0, done.stderr
     split, same = done.stdout.split()
     assert same == "True"

@@ -1,7 +1,5 @@
 """fastnn.plot_history: curves of a History to a PNG."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -33,7 +31,7 @@ def test_plot_history_rejects_empty():
         fastnn.plot_history({})
 
 
-def test_plot_history_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
+def test_plot_history_leaves_the_callers_backend_and_pyplot_alone(run_python, tmp_path):
     # In a fresh interpreter: this one's backend may already be Agg, which would hide a switch.
     pytest.importorskip("matplotlib")
     code = textwrap.dedent("""
@@ -45,11 +43,9 @@ def test_plot_history_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
                                     "accuracy": [0.5, 0.7, 0.9]}, "h.png", title="t")
         print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules, path)
     """)
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_dir, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ)
     env.pop("MPLBACKEND", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    done = run_python(code, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "False", "h.png"]
     with open(tmp_path / "h.png", "rb") as f:

@@ -8,10 +8,7 @@ Each bad input is rejected with ValueError/TypeError naming the argument before 
 changes (checked with a snapshot of weights, optimizer state and compile settings).
 """
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -509,16 +506,13 @@ SUBNORMAL_THREADS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_subnormals_are_flushed_alike_in_every_thread():
+def test_subnormals_are_flushed_alike_in_every_thread(run_python):
     """Found by this hardening: the GEMM panels and max pooling ran on OpenMP workers
     without FTZ/DAZ when those workers had been started outside fastnn's compiled work,
     so rows computed by a worker kept subnormals that rows of the calling thread flushed:
     results depended on the thread count and the process's history. In a fresh process
     (so the worker threads' mode is known), 1 and 2 threads must agree."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
-    result = subprocess.run([sys.executable, "-c", SUBNORMAL_THREADS_SCRIPT], cwd=package_root,
-                            capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    result = run_python(SUBNORMAL_THREADS_SCRIPT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     one, two = (line.split(" ", 1)[1] for line in lines)
