@@ -14,7 +14,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNEL_SOURCES = ["activations", "gemm", "dense", "losses", "optimizers", "conv1d", "network"]
+KERNEL_SOURCES = ["activations", "gemm", "dense", "losses", "optimizers", "conv1d", "network",
+                  "threads"]
 
 
 def compiler_accepts(compiler, flags, link_flags=()):

@@ -214,6 +214,30 @@ GEMM_METHODS = {"auto": GEMM_AUTO, "blas": GEMM_BLAS, "small": GEMM_SMALL}
 gemm_small_available()
 
 
+cdef extern from "threads.h" nogil:
+    void fastnn_wake_team(int nthreads)
+    int fastnn_current_cpu()
+    int fastnn_leave_cpu(int cpu)
+
+
+def wake_team(int nthreads):
+    """Wakes fastnn's OpenMP team of nthreads threads as training does before its work
+    (src_c/threads.h)."""
+    with nogil:
+        fastnn_wake_team(nthreads)
+
+
+def leave_current_cpu():
+    """Moves the calling thread off the core it runs on, as a worker woken on its
+    caller's core is moved, restoring its affinity; returns (core before, core after),
+    -1 where the system does not say."""
+    cdef int before, after
+    with nogil:
+        before = fastnn_current_cpu()
+        after = fastnn_leave_cpu(before)
+    return before, after
+
+
 cdef extern from *:
     """
     #ifdef _OPENMP

@@ -12,6 +12,7 @@
 #include "optimizers.h"
 #include "conv1d.h"
 #include "gemm.h"
+#include "threads.h"
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -235,6 +236,19 @@ int network_split_units(const nn_model *m, int B)
     }
     return best;
 #endif
+}
+
+/* Wakes the OpenMP team (threads.h) before a call whose passes over `rows` rows will fork
+ * threads: training in parts or split units, or a product large enough for the GEMM to
+ * cut into panels (gemm.c: 1e6 multiply-adds times 2 at least); not before the small
+ * calls that run on the caller alone (one sample's predict). */
+static void wake_team_for(const nn_model *m, const nn_workspace *ws, ptrdiff_t rows,
+                          int nthreads)
+{
+    if (nthreads < 2) return;
+    int B = rows < ws->batch ? (int)rows : ws->batch;
+    if (ws->parts > 1 || ws->split_units || step_flops(m, B) >= 3e6)
+        fastnn_wake_team(nthreads);
 }
 
 nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
@@ -924,6 +938,7 @@ static void FN(train_in_parts)(const nn_model *m, nn_optimizer *opt, nn_workspac
         plan->epochs_run = 0;
     }
     FN(set_layer_buffers)(m, ws, ws->xb, 1);
+    fastnn_wake_team(nt);
     double wait_fraction = 0;
 #ifdef _OPENMP
     #pragma omp parallel num_threads(nt) reduction(max: taken, wait_fraction)
@@ -1131,6 +1146,7 @@ static void FN(train_split_units)(const nn_model *m, nn_optimizer *opt, nn_works
     long long start_iterations = opt->iterations, taken = 0;
     FN(set_layer_buffers)(m, ws, ws->xb, 1);
     real *a0 = ws->a[0], *d0 = ws->dbuf[0];
+    fastnn_wake_team(2);
     double wait_fraction = 0;
 #ifdef _OPENMP
     #pragma omp parallel num_threads(2) reduction(max: taken, wait_fraction)
@@ -1233,6 +1249,7 @@ void FN(network_train)(const nn_model *m, nn_optimizer *opt, nn_workspace *ws,
         return;
     }
     ws->wait_fraction = 0;
+    wake_team_for(m, ws, n, nthreads);
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim;
     real *wb = weights ? (real *)ws->wb : NULL;
@@ -1311,6 +1328,7 @@ int FN(all_finite)(const real *x, ptrdiff_t n)
 void FN(network_predict)(const nn_model *m, nn_workspace *ws, real *out, const real *x,
                          ptrdiff_t n, int nthreads)
 {
+    wake_team_for(m, ws, n, nthreads);
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim, out_dim = m->layers[m->n_layers - 1].out_dim;
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
@@ -1326,6 +1344,7 @@ void FN(network_evaluate)(const nn_model *m, nn_workspace *ws, const real *x, co
                           int y_width, ptrdiff_t n, double *loss_sum, double *metric_sums,
                           int nthreads)
 {
+    wake_team_for(m, ws, n, nthreads);
     unsigned int csr = fastnn_ftz_enter();
     int in_dim = m->layers[0].in_dim;
     for (ptrdiff_t r0 = 0; r0 < n; r0 += ws->batch) {
@@ -1343,6 +1362,7 @@ double FN(network_loss_grad)(const nn_model *m, nn_workspace *ws, const real *x,
                              int nthreads)
 {
     (void)y_width;
+    wake_team_for(m, ws, rows, nthreads);
     unsigned int csr = fastnn_ftz_enter();
     int B = rows < ws->batch ? rows : ws->batch;
     double batch_weight = FN(batch_weight)(weights, B);

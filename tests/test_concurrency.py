@@ -2,6 +2,9 @@
 run from many threads at once and separate models may train in parallel threads. No race
 may show: concurrent results equal the sequential ones bit for bit. Changing the thread
 count between fits changes nothing either (results never depend on it)."""
+import os
+import sys
+import textwrap
 import threading
 import time
 
@@ -347,3 +350,83 @@ def test_fit_in_a_process_forked_after_threads_ran():
     assert threads == 1
     assert any("forked" in w for w in warned)
     assert same(weights, model.get_weights())
+
+
+def _allowed_cpus_by_thread():
+    """Each thread of this process: the CPUs it may run on, as Linux lists them."""
+    allowed = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        allowed[tid] = line.split()[1]
+        except FileNotFoundError:  # a thread that has just ended
+            pass
+    return allowed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread affinity")
+def test_leaving_a_core_moves_the_thread_and_keeps_its_affinity():
+    """The move of a worker that woke on its caller's core (src_c/threads.c), on this
+    thread: it runs on another core afterwards, and may run where it could before."""
+    from fastnn import _kernels
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("one core: nowhere to move")
+    for _ in range(5):
+        before, after = _kernels.leave_current_cpu()
+        assert before in allowed and after in allowed and after != before
+        assert os.sched_getaffinity(0) == allowed
+    os.sched_setaffinity(0, {before})  # pinned there: the thread stays
+    try:
+        assert _kernels.leave_current_cpu() == (before, before)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread affinity")
+def test_waking_the_team_leaves_every_threads_affinity_as_it_was():
+    """Before its compiled work fastnn moves an OpenMP worker that woke on the caller's
+    core to another core by narrowing the worker's affinity for a moment (src_c/threads.c).
+    Afterwards every thread may run wherever it could before."""
+    before = _allowed_cpus_by_thread()
+    main = before[str(threading.get_native_id())]
+    x, y = dense_problem()
+    fastnn.set_num_threads(2)
+    for pause in (0.0, 0.05, 0.2):  # idle long enough for the workers to sleep
+        time.sleep(pause)
+        fastnn._kernels.wake_team(2)
+        model = dense_model(seed=1)
+        model.fit(x, y, batch_size=256, epochs=1, verbose=0, seed=3)
+        model.predict(x, batch_size=2000)
+    after = _allowed_cpus_by_thread()
+    assert all(cpus == before.get(tid, main) for tid, cpus in after.items()), (before, after)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread affinity")
+def test_two_threads_on_a_process_pinned_to_one_core(run_python):
+    """A process confined to one core (taskset): there is no other core for a worker to
+    move to; two threads share it and train to the bits of one thread."""
+    code = textwrap.dedent("""
+        import os, numpy as np, fastnn
+        from fastnn.layers import Dense
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2000, 40)).astype(np.float32)
+        y = rng.integers(0, 4, size=2000)
+        weights = []
+        for threads in (1, 2):
+            fastnn.set_random_seed(0)
+            model = fastnn.Sequential([Dense(128, activation="relu"), Dense(4)])
+            model.compile("adam", fastnn.losses.SparseCategoricalCrossentropy(from_logits=True))
+            with fastnn.num_threads(threads):
+                model.fit(x, y, batch_size=256, epochs=2, verbose=0, seed=3)
+            weights.append(model.get_weights())
+        assert all(np.array_equal(a, b) for a, b in zip(*weights))
+        assert os.sched_getaffinity(0) == {cpu}
+        print("ok")
+    """)
+    done = run_python(code)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
