@@ -238,17 +238,16 @@ int network_split_units(const nn_model *m, int B)
 #endif
 }
 
-/* Wakes the OpenMP team (threads.h) before a call whose passes over `rows` rows will fork
- * threads: training in parts or split units, or a product large enough for the GEMM to
- * cut into panels (gemm.c: 1e6 multiply-adds times 2 at least); not before the small
- * calls that run on the caller alone (one sample's predict). */
+/* Wakes the OpenMP team (threads.h) before a call outside the parts and split-units
+ * regions (which wake it themselves) whose passes over `rows` rows may fork threads: a
+ * product large enough for the GEMM to cut into panels (gemm.c: 1e6 multiply-adds times
+ * 2 at least); not before the small calls that run on the caller alone (one sample's
+ * predict). */
 static void wake_team_for(const nn_model *m, const nn_workspace *ws, ptrdiff_t rows,
                           int nthreads)
 {
-    if (nthreads < 2) return;
     int B = rows < ws->batch ? (int)rows : ws->batch;
-    if (ws->parts > 1 || ws->split_units || step_flops(m, B) >= 3e6)
-        fastnn_wake_team(nthreads);
+    if (nthreads >= 2 && step_flops(m, B) >= 3e6) fastnn_wake_team(nthreads);
 }
 
 nn_workspace *network_workspace_new(const nn_model *m, int batch, int y_width, int training)
